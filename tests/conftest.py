@@ -1,0 +1,81 @@
+"""Shared fixtures: the parity recipe and golden arrays, deterministic torch settings."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENDORED_PARITY = REPO / "tests" / "fixtures" / "parity"
+
+
+def parity_dirs() -> list[Path]:
+    """Where the parity files may live, most specific first."""
+    dirs = []
+    if os.environ.get("OTAVATAR_PARITY_DIR"):
+        dirs.append(Path(os.environ["OTAVATAR_PARITY_DIR"]))
+    dirs += [REPO.parent / "shared" / "parity", VENDORED_PARITY]
+    return dirs
+
+
+def parity_file(name: str) -> Path | None:
+    for d in parity_dirs():
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+@pytest.fixture(scope="session")
+def recipe():
+    """`recipe_state_dict(keys, seed)` from the parity folder's recipe.py."""
+    path = parity_file("recipe.py")
+    spec = importlib.util.spec_from_file_location("parity_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.recipe_state_dict
+
+
+@pytest.fixture(scope="session")
+def eg3d_keys() -> list:
+    return json.loads(parity_file("eg3d_keys.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def controller_keys() -> list:
+    return json.loads(parity_file("controller_keys.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def eg3d_case0() -> dict[str, np.ndarray]:
+    return dict(np.load(parity_file("eg3d_case0.npz")))
+
+
+@pytest.fixture(scope="session")
+def controller_case0() -> dict[str, np.ndarray]:
+    return dict(np.load(parity_file("controller_case0.npz")))
+
+
+@pytest.fixture(scope="session")
+def eg3d_planes0() -> np.ndarray:
+    path = parity_file("eg3d_case0_planes.npz")
+    if path is None:
+        pytest.skip("eg3d_case0_planes.npz not available (set OTAVATAR_PARITY_DIR)")
+    return np.load(path)["planes"]
+
+
+@pytest.fixture(autouse=True)
+def _torch_determinism():
+    """Two threads (the CI machine's cores) and no TF32, so float32 parity holds."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    torch.set_num_threads(2)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
