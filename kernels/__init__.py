@@ -11,10 +11,10 @@ from torch import Tensor
 
 from . import reference
 from ._dispatch import BACKENDS, dispatch
-from .reference import PLANE_AXES_INDICES, CompositeResult
+from .reference import PLANE_AXES_INDICES, CompositeResult, DecoderWeights, RaySettings, RenderResult
 
-__all__ = ["BACKENDS", "CompositeResult", "PLANE_AXES_INDICES", "composite_rays", "sample_importance",
-           "triplane_sample"]
+__all__ = ["BACKENDS", "CompositeResult", "DecoderWeights", "PLANE_AXES_INDICES", "RaySettings", "RenderResult",
+           "composite_rays", "render_rays", "sample_importance", "triplane_sample"]
 
 
 def triplane_sample(planes: Tensor, points: Tensor, *, box_warp: float = 1.0, plane_axes: str = "eg3d",
@@ -80,3 +80,18 @@ def _same_device(**tensors: Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         raise ValueError(f"all inputs must be on one device; got {devices}")
+
+
+def render_rays(planes: Tensor, decoder: DecoderWeights, origins: Tensor, directions: Tensor,
+                settings: RaySettings = RaySettings(), *, stochastic: bool = False,
+                generator: torch.Generator | None = None, backend: str | None = None) -> RenderResult:
+    """Coarse pass, importance sampling, fine pass and compositing for rays [B,R,3] through planes [B,3,C,H,W]."""
+    _expect(planes, "planes", 5)
+    _expect(origins, "origins", 3)
+    _expect(directions, "directions", 3)
+    if origins.shape != directions.shape or origins.shape[-1] != 3 or origins.shape[0] != planes.shape[0]:
+        raise ValueError(f"origins and directions must both be [B,R,3] with B={planes.shape[0]}; got "
+                         f"{tuple(origins.shape)} and {tuple(directions.shape)}")
+    _same_device(planes=planes, origins=origins, directions=directions)
+    return reference.render_rays(planes, decoder, origins, directions, settings, stochastic=stochastic,
+                                 generator=generator, backend=backend)
