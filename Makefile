@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml Makefile
 # before triton is imported, so it is its own process).
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not interpreter" tests
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m interpreter tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m interpreter tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no interpreter tests collected"; else exit $$rc; fi
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow" tests

@@ -60,11 +60,17 @@ def controller_case0() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def eg3d_planes0() -> np.ndarray:
+def eg3d_planes0_or_none() -> np.ndarray | None:
+    """The full case-0 planes [1,3,32,256,256] (22.6 MB, not vendored) or None when absent."""
     path = parity_file("eg3d_case0_planes.npz")
-    if path is None:
+    return None if path is None else np.load(path)["planes"]
+
+
+@pytest.fixture(scope="session")
+def eg3d_planes0(eg3d_planes0_or_none) -> np.ndarray:
+    if eg3d_planes0_or_none is None:
         pytest.skip("eg3d_case0_planes.npz not available (set OTAVATAR_PARITY_DIR)")
-    return np.load(path)["planes"]
+    return eg3d_planes0_or_none
 
 
 @pytest.fixture(autouse=True)

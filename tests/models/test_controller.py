@@ -1,0 +1,72 @@
+"""Motion controller behaviour beyond the parity fixture."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from otavatar.config import ControllerConfig
+from otavatar.models import MotionController
+from otavatar.weights.state import WeightsError
+
+
+def official_layout(controller: MotionController) -> dict[str, torch.Tensor]:
+    """Native state dict -> the published layout with the shared Linear repeated under 0, 2, 4, 6, 8."""
+    state = {k: v.clone() for k, v in controller.state_dict().items()}
+    for i in range(1, controller.config.mlp_layers):
+        for p in ("weight", "bias"):
+            state[f"mapping_Refine.{2 * i}.{p}"] = state[f"mapping_Refine.0.{p}"]
+    return state
+
+
+def test_parameter_count_is_the_published_one():
+    assert sum(p.numel() for p in MotionController.official().parameters()) == 869_420
+
+
+def test_official_layout_round_trip_with_ddp_prefix():
+    torch.manual_seed(0)
+    src = MotionController.tiny()
+    dst = MotionController.tiny()
+    dst.load_official_state_dict({"module." + k: v for k, v in official_layout(src).items()})
+    x = torch.randn(3, 70, 27)
+    assert torch.equal(src(x), dst(x))
+
+
+def test_alias_that_differs_is_refused():
+    state = official_layout(MotionController.tiny())
+    state["mapping_Refine.4.weight"] = state["mapping_Refine.4.weight"] + 1
+    with pytest.raises(WeightsError, match="mapping_Refine.4.weight differs from mapping_Refine.0.weight"):
+        MotionController.tiny().load_official_state_dict(state)
+
+
+def test_missing_key_is_listed():
+    state = official_layout(MotionController.tiny())
+    del state["direction.weight"]
+    with pytest.raises(WeightsError, match="missing keys: direction.weight"):
+        MotionController.tiny().load_official_state_dict(state)
+
+
+def test_basis_is_orthonormal_and_motion_lies_in_its_span():
+    C = MotionController.tiny()
+    q = C.basis()
+    assert torch.allclose(q.t() @ q, torch.eye(C.config.directions), atol=1e-5)
+    out = C.forward_details(torch.randn(2, 70, 27))
+    assert out.motion.shape == (2, C.config.num_ws, C.config.w_dim)
+    projected = out.motion @ q @ q.t()
+    assert torch.allclose(projected, out.motion, atol=1e-5)
+
+
+def test_gradients_flow_through_qr():
+    C = MotionController.tiny()
+    C(torch.randn(2, 70, 27)).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in C.parameters())
+
+
+@pytest.mark.parametrize("shape", [(2, 70, 26), (2, 73, 27), (70, 27)])
+def test_input_shape_is_validated(shape):
+    with pytest.raises(ValueError, match=r"controller input must be \[B,70,27\]"):
+        MotionController.tiny()(torch.zeros(shape))
+
+
+def test_config_rejects_short_window():
+    with pytest.raises(ValueError, match="too short"):
+        ControllerConfig(window=13)
