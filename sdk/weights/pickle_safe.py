@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from .state import WeightsError
+from .state import WeightsError, torch_load_reason
 
 # Module prefixes whose classes become inert stand-ins (see the module docstring).
 INERT_CLASS_PREFIXES = ("training.", "torch.nn.modules.")
@@ -79,7 +80,18 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
 
 def _load_storage_from_bytes(data: bytes) -> Any:
     """Replacement for `torch.storage._load_from_bytes`, which would call `torch.load(weights_only=False)`."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(data, (bytes, bytearray)):
+        raise WeightsError(f"a tensor storage in the pickle is {type(data).__name__}, not bytes")
+    try:
+        with warnings.catch_warnings():  # TypedStorage deprecation and pickle-protocol notes: not the user's concern
+            warnings.simplefilter("ignore")
+            storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError("a tensor storage in the pickle is not a plain torch storage; "
+                           f"torch.load(weights_only=True) refused it ({torch_load_reason(e)})") from e
+    if not isinstance(storage, (torch.UntypedStorage, torch.storage.TypedStorage)):
+        raise WeightsError(f"a tensor storage in the pickle holds a {type(storage).__name__}, not a storage")
+    return storage
 
 
 def _numpy_helpers() -> dict[tuple[str, str], Any]:

@@ -34,6 +34,19 @@ def strip_prefix(state: Mapping[str, Any], prefix: str = DDP_PREFIX) -> dict[str
     return dict(state)
 
 
+def torch_load_reason(error: BaseException) -> str:
+    """The informative part of a `torch.load(weights_only=True)` failure.
+
+    torch wraps the reason (e.g. "unsupported GLOBAL posix.system") in paragraphs that suggest retrying with
+    weights_only=False, which is exactly what must not be done with an untrusted checkpoint; keep only the reason.
+    """
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    parts = [" ".join(p.split()) for p in str(error).split("\n\n")]
+    parts = [p.replace("WeightsUnpickler error:", "").strip() for p in parts if p and not p.startswith(boilerplate)]
+    parts = [p for p in parts if p]
+    return f"{type(error).__name__}: {'; '.join(parts) if parts else str(error).strip() or 'no details'}"
+
+
 def _summarise(keys: Iterable[str], limit: int = 12) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
