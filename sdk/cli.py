@@ -1,0 +1,168 @@
+"""The `otavatar` command line.
+
+    otavatar convert IN [IN ...] --out OUT.safetensors [--preset official|tiny]
+    otavatar env [--json]
+    otavatar demo [--out out/demo] [--preset tiny]
+
+Importing this module loads click only; each command imports what it needs when it runs, so `otavatar env`
+works (and reports "not installed") when torch, onnxruntime or grpc are missing.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import click
+
+from otavatar import __version__
+
+PRESET_CHOICE = click.Choice(["official", "tiny"])
+NOT_INSTALLED = "not installed"
+# name shown -> distributions that provide it (first one installed wins)
+_DISTRIBUTIONS = {
+    "numpy": ("numpy",),
+    "torch": ("torch",),
+    "triton": ("triton",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnx": ("onnx",),
+    "grpc": ("grpcio",),
+    "safetensors": ("safetensors",),
+    "click": ("click",),
+}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="otavatar")
+def main() -> None:
+    """One portrait photo to a 3D talking-face avatar (OTAvatar / EG3D)."""
+
+
+# -- convert ------------------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IN [IN ...]", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Output .safetensors file (written atomically).")
+@click.option("--preset", type=PRESET_CHOICE, default=None,
+              help="Architecture of the inputs (default: read off the tensor shapes).")
+def convert(inputs: tuple[str, ...], out: str, preset: str | None) -> None:
+    """Convert official EG3D (.pth, .pkl) and OTAvatar (.pt) checkpoints to one safetensors file.
+
+    Formats are recognised by content. EG3D pickles are read without running the code embedded in them;
+    torch files are opened with weights_only=True. Every network is loaded strictly: a missing,
+    unexpected or mis-shaped tensor stops the conversion with the list of offending keys.
+    """
+    from otavatar.weights import WeightsError, convert_official
+
+    try:
+        report = convert_official(list(inputs), out, preset, log=lambda m: click.echo(m, err=True))
+    except WeightsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(report.summary())
+
+
+# -- env ----------------------------------------------------------------------------------------------------
+
+def _version(distributions: tuple[str, ...]) -> str:
+    for dist in distributions:
+        try:
+            version = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+        except Exception as e:  # a broken install: say so instead of failing
+            return f"unreadable ({type(e).__name__})"
+        return version if dist == distributions[0] else f"{version} ({dist})"
+    return NOT_INSTALLED
+
+
+def _ort_providers() -> list[str] | str:
+    try:
+        import onnxruntime
+    except ImportError:
+        return NOT_INSTALLED
+    except Exception as e:  # noqa: BLE001 - a broken native library must not crash `env`
+        return f"import failed ({type(e).__name__}: {e})"
+    try:
+        return list(onnxruntime.get_available_providers())
+    except Exception as e:  # noqa: BLE001
+        return f"unavailable ({type(e).__name__}: {e})"
+
+
+def _cuda_devices() -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        return {"available": False, "reason": "torch not installed", "devices": []}
+    except Exception as e:  # noqa: BLE001
+        return {"available": False, "reason": f"torch import failed ({type(e).__name__}: {e})", "devices": []}
+    try:
+        if not torch.cuda.is_available():
+            return {"available": False, "reason": f"torch {torch.__version__} sees no CUDA device",
+                    "cuda": torch.version.cuda, "devices": []}
+        devices = []
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append({"index": i, "name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                            "capability": f"{props.major}.{props.minor}"})
+        return {"available": True, "cuda": torch.version.cuda, "devices": devices}
+    except Exception as e:  # noqa: BLE001
+        return {"available": False, "reason": f"CUDA query failed ({type(e).__name__}: {e})", "devices": []}
+
+
+def environment() -> dict[str, Any]:
+    """Versions, ONNX Runtime providers and CUDA devices; never raises."""
+    versions = {"python": platform.python_version(), "otavatar": __version__}
+    versions.update({name: _version(dists) for name, dists in _DISTRIBUTIONS.items()})
+    return {"versions": versions, "platform": platform.platform(), "executable": sys.executable,
+            "onnxruntime_providers": _ort_providers(), "cuda": _cuda_devices()}
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def env(as_json: bool) -> None:
+    """Show library versions, ONNX Runtime providers and CUDA devices."""
+    info = environment()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    width = max(len("ORT providers"), *map(len, info["versions"]))
+    for name, version in info["versions"].items():
+        click.echo(f"{name:<{width}}  {version}")
+    providers = info["onnxruntime_providers"]
+    click.echo(f"{'ORT providers':<{width}}  {', '.join(providers) if isinstance(providers, list) else providers}")
+    cuda = info["cuda"]
+    if cuda["available"]:
+        for d in cuda["devices"]:
+            click.echo(f"{'cuda:' + str(d['index']):<{width}}  {d['name']} ({d['memory_gib']} GiB, "
+                       f"sm {d['capability']}, CUDA {cuda['cuda']})")
+    else:
+        click.echo(f"{'CUDA':<{width}}  none ({cuda['reason']})")
+    click.echo(f"{'platform':<{width}}  {info['platform']}")
+
+
+# -- demo ---------------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the rendered output.")
+@click.option("--preset", type=PRESET_CHOICE, default="tiny", show_default=True, help="Model preset.")
+def demo(out_dir: str, preset: str) -> None:
+    """Render the demo avatar and print the path written."""
+    try:
+        from otavatar.demo import render_demo
+    except ImportError as e:
+        raise click.ClickException(f"the demo is not available in this install ({e})") from None
+    from otavatar.weights import WeightsError
+
+    try:
+        path = render_demo(out_dir, preset=preset)
+    except (WeightsError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(str(path))
+
+
+if __name__ == "__main__":  # python -m otavatar.cli
+    main()

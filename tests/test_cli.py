@@ -1,0 +1,189 @@
+"""The `otavatar` command line: convert, env, demo (click's CliRunner; one subprocess for the import cost)."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import types
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from otavatar.cli import main
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_pth(tmp_path_factory) -> Path:
+    """An EG3D-layout .pth of the tiny generator (resample_filter constants included)."""
+    import torch
+
+    from otavatar.models import TriplaneGenerator
+    from otavatar.models.layers import fir_filter
+
+    torch.manual_seed(0)
+    G = TriplaneGenerator.tiny()
+    state = dict(G.state_dict())
+    state.update({k: fir_filter() for k, _ in G.named_buffers() if k.endswith("resample_filter")})
+    path = tmp_path_factory.mktemp("cli") / "eg3d.pth"
+    torch.save({"G_ema": state}, path)
+    return path
+
+
+def test_help_and_version(runner):
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("convert", "env", "demo"):
+        assert command in result.output
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0 and "otavatar, version 0.1.0" in result.output
+
+
+# -- convert --------------------------------------------------------------------------------------------------
+
+def test_convert_writes_the_file_and_reports(runner, tiny_pth, tmp_path):
+    out = tmp_path / "sub" / "g.safetensors"
+    result = runner.invoke(main, ["convert", str(tiny_pth), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"reading {tiny_pth}" in result.output and "preset: tiny (from the tensor shapes)" in result.output
+    assert f"wrote {out}" in result.output and "generator:  118 tensors" in result.output
+    from otavatar.weights import load_models
+
+    assert load_models(out).generator is not None
+
+
+def test_convert_with_explicit_preset_that_does_not_fit(runner, tiny_pth, tmp_path):
+    out = tmp_path / "g.safetensors"
+    result = runner.invoke(main, ["convert", str(tiny_pth), "-o", str(out), "--preset", "official"])
+    assert result.exit_code == 1
+    assert "Error: " in result.output and "missing keys: backbone.synthesis.b128" in result.output
+    assert "shape mismatches:" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("setup,message", [
+    (lambda d: d / "missing.pth", "no such file"),
+    (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "not a recognised checkpoint"),
+    (lambda d: (d / "evil.pkl").write_bytes(pickle.dumps({"G_ema": Reduces(os.system, "touch EXECUTED")}))
+     and d / "evil.pkl", f"refusing to load {os.system.__module__}.system"),
+])
+def test_convert_bad_input_exits_non_zero_without_traceback(runner, tmp_path, monkeypatch, setup, message):
+    monkeypatch.chdir(tmp_path)  # the malicious pickle would create ./EXECUTED
+    src = setup(tmp_path)
+    result = runner.invoke(main, ["convert", str(src), "--out", "x.safetensors"])
+    assert not (tmp_path / "EXECUTED").exists() and not (tmp_path / "x.safetensors").exists()
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_convert_usage_errors(runner, tiny_pth):
+    assert runner.invoke(main, ["convert", "--out", "x.safetensors"]).exit_code == 2  # no input
+    assert runner.invoke(main, ["convert", str(tiny_pth)]).exit_code == 2            # no --out
+    result = runner.invoke(main, ["convert", str(tiny_pth), "--out", "x", "--preset", "huge"])
+    assert result.exit_code == 2 and "'official', 'tiny'" in result.output
+
+
+class Reduces:
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+# -- env ------------------------------------------------------------------------------------------------------
+
+def test_env_text_and_json(runner):
+    result = runner.invoke(main, ["env"])
+    assert result.exit_code == 0, result.output
+    for label in ("python", "numpy", "torch", "triton", "onnxruntime", "onnx", "grpc", "ORT providers", "CUDA"):
+        assert label in result.output
+    result = runner.invoke(main, ["env", "--json"])
+    assert result.exit_code == 0
+    info = json.loads(result.output)
+    assert info["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert set(info["versions"]) >= {"numpy", "torch", "triton", "onnxruntime", "onnx", "grpc"}
+    assert isinstance(info["cuda"]["available"], bool) and isinstance(info["cuda"]["devices"], list)
+
+
+def test_env_survives_missing_and_broken_packages(runner, monkeypatch):
+    real_version = importlib_metadata.version
+
+    def version(dist):
+        if dist in ("torch", "onnxruntime", "onnxruntime-gpu", "grpcio"):
+            raise importlib_metadata.PackageNotFoundError(dist)
+        if dist == "onnx":
+            raise RuntimeError("corrupt METADATA")
+        return real_version(dist)
+
+    monkeypatch.setattr(importlib_metadata, "version", version)
+    monkeypatch.setitem(sys.modules, "torch", None)        # `import torch` now raises ImportError
+    broken = types.ModuleType("onnxruntime")                # imports, but its native part is broken
+    broken.get_available_providers = lambda: (_ for _ in ()).throw(OSError("libonnxruntime.so: cannot open"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", broken)
+    result = runner.invoke(main, ["env", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["versions"]["torch"] == info["versions"]["onnxruntime"] == info["versions"]["grpc"] == "not installed"
+    assert info["versions"]["onnx"] == "unreadable (RuntimeError)"
+    assert info["onnxruntime_providers"].startswith("unavailable (OSError")
+    assert info["cuda"] == {"available": False, "reason": "torch not installed", "devices": []}
+    assert runner.invoke(main, ["env"]).exit_code == 0
+
+
+def test_env_lists_ort_providers_when_present(runner, monkeypatch):
+    fake = types.ModuleType("onnxruntime")
+    fake.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    result = runner.invoke(main, ["env"])
+    assert "CUDAExecutionProvider, CPUExecutionProvider" in result.output
+
+
+# -- demo -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_demo(monkeypatch, tmp_path):
+    calls = []
+
+    def render_demo(out_dir, preset="tiny"):
+        calls.append((out_dir, preset))
+        return Path(out_dir) / "demo.png"
+
+    module = types.ModuleType("otavatar.demo")
+    module.render_demo = render_demo
+    monkeypatch.setitem(sys.modules, "otavatar.demo", module)
+    return calls
+
+
+def test_demo_defaults_and_options(runner, fake_demo):
+    result = runner.invoke(main, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert fake_demo == [("out/demo", "tiny")] and result.output.strip() == str(Path("out/demo/demo.png"))
+    result = runner.invoke(main, ["demo", "--out", "elsewhere", "--preset", "official"])
+    assert result.exit_code == 0 and fake_demo[-1] == ("elsewhere", "official")
+
+
+def test_demo_missing_module_is_a_clear_error(runner, monkeypatch):
+    monkeypatch.setitem(sys.modules, "otavatar.demo", None)
+    result = runner.invoke(main, ["demo"])
+    assert result.exit_code == 1 and "the demo is not available" in result.output and "Traceback" not in result.output
+
+
+# -- import cost ----------------------------------------------------------------------------------------------
+
+def test_cli_import_stays_light():
+    """`otavatar --help` must not pay for torch, triton, onnxruntime or grpc (commands import them when run)."""
+    code = ("import sys, otavatar, otavatar.cli\n"
+            "heavy = [m for m in ('torch', 'triton', 'onnxruntime', 'grpc', 'safetensors') if m in sys.modules]\n"
+            "print(heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
