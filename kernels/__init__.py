@@ -85,7 +85,12 @@ def _same_device(**tensors: Tensor) -> None:
 def render_rays(planes: Tensor, decoder: DecoderWeights, origins: Tensor, directions: Tensor,
                 settings: RaySettings = RaySettings(), *, stochastic: bool = False,
                 generator: torch.Generator | None = None, backend: str | None = None) -> RenderResult:
-    """Coarse pass, importance sampling, fine pass and compositing for rays [B,R,3] through planes [B,3,C,H,W]."""
+    """Coarse pass, importance sampling, fine pass and compositing for rays [B,R,3] through planes [B,3,C,H,W].
+
+    Deterministic inference (stochastic=False and no gradient required) dispatches to the fused Triton
+    render (two kernels, no [rays x samples x channels] tensor); otherwise the unfused pipeline runs, whose
+    tri-plane sampling and compositing dispatch on their own (Triton on CUDA, with backward).
+    """
     _expect(planes, "planes", 5)
     _expect(origins, "origins", 3)
     _expect(directions, "directions", 3)
@@ -93,5 +98,28 @@ def render_rays(planes: Tensor, decoder: DecoderWeights, origins: Tensor, direct
         raise ValueError(f"origins and directions must both be [B,R,3] with B={planes.shape[0]}; got "
                          f"{tuple(origins.shape)} and {tuple(directions.shape)}")
     _same_device(planes=planes, origins=origins, directions=directions)
-    return reference.render_rays(planes, decoder, origins, directions, settings, stochastic=stochastic,
-                                 generator=generator, backend=backend)
+    _check_decoder(decoder, planes.shape[2])
+
+    def unfused(*_: object) -> RenderResult:
+        return reference.render_rays(planes, decoder, origins, directions, settings, stochastic=stochastic,
+                                     generator=generator, backend=backend)
+
+    tensors = (planes, origins, directions, decoder.w0, decoder.b0, decoder.w1, decoder.b1)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if stochastic or needs_grad:
+        return unfused()
+    return dispatch("render_rays", planes.device.type, backend, unfused,
+                    lambda fn: fn() if fn is unfused else fn(planes, decoder, origins, directions, settings))
+
+
+def _check_decoder(decoder: DecoderWeights, channels: int) -> None:
+    if not isinstance(decoder, DecoderWeights):
+        raise TypeError(f"decoder must be a DecoderWeights, got {type(decoder).__name__}")
+    w0, b0, w1, b1 = decoder.w0, decoder.b0, decoder.w1, decoder.b1
+    hidden = w0.shape[0] if w0.ndim == 2 else -1
+    ok = (w0.ndim == 2 and w0.shape[1] == channels and b0.shape == (hidden,) and w1.ndim == 2
+          and w1.shape[0] >= 2 and w1.shape[1] == hidden and b1.shape == (w1.shape[0],))
+    if not ok:
+        raise ValueError(f"decoder must have w0 [hidden,{channels}], b0 [hidden], w1 [1+F,hidden], b1 [1+F] for "
+                         f"{channels}-channel planes; got w0 {tuple(w0.shape)}, b0 {tuple(b0.shape)}, "
+                         f"w1 {tuple(w1.shape)}, b1 {tuple(b1.shape)}")
