@@ -233,3 +233,13 @@ def test_half_precision_file_loads_as_float32(tmp_path, saved, models):
     w = loaded.controller.direction.weight
     assert w.dtype == torch.float32
     assert torch.equal(w, models[1].direction.weight.half().float())
+
+
+def test_public_names_resolve():
+    import otavatar.weights as weights
+
+    for name in weights.__all__:
+        assert getattr(weights, name) is not None, name
+    assert set(weights.__all__) <= set(dir(weights))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        weights.nope  # noqa: B018
