@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from official_files import (official_controller_keys, with_constants, write_eg3d_pkl, write_eg3d_pth,
-                            write_otavatar_pt)
+from official_files import with_constants, write_eg3d_pkl, write_eg3d_pth, write_otavatar_pt
 from otavatar.camera import look_at_camera
-from otavatar.models import MotionController, TriplaneGenerator
+from otavatar.models import MotionController
 from otavatar.weights import (ConversionReport, WeightsError, convert_official, load_models, read_official,
                               save_models, sniff_format)
 
