@@ -202,8 +202,8 @@ def main() -> None:
             print(f"  fused render speedup: {ref_r / fused:.2f}x vs reference ({unf_r / fused:.2f}x vs unfused "
                   f"Triton ops); max |diff| {err:.2e}")
             if args.sweep:
-                for block_r in (16, 32, 64):
-                    for warps in (2, 4, 8):
+                for block_r in (16, 32):
+                    for warps in (4, 8):
                         for prec in ("ieee", "tf32"):
                             try:
                                 ms = bench(lambda: tk.render_fused(planes, dec, origins, directions, settings,

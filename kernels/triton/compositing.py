@@ -20,15 +20,22 @@ from torch import Tensor
 from ..reference.compositing import TRANSMITTANCE_EPS, CompositeResult
 from ._common import next_pow2, softplus, softplus_grad
 
-# 32 rays x 32 channels per tile: the forward holds the previous and current colour tiles and the
-# accumulator (3 x 1024 float32 = 24 registers per thread with 4 warps).
-_TILE_ELEMS = 1024
+# 16 rays x 32 channels per tile, 4 warps: 256 programs per 64x64 image keep all 132 SMs of an H100 busy
+# at B=1 (32-ray tiles leave 128 programs); measured 1.01 ms fwd+bwd at B=1 vs 1.10 ms for 32 x 32, the
+# rest of which is launch overhead at that size.
+_TILE_ELEMS = 512
 
 
-def _launch_shape(n_rays: int, channels: int) -> tuple[int, int]:
+# (rays per program, warps) overrides for the forward and the backward; None: the tile rule above.
+TUNING: dict[str, tuple[int | None, int]] = {"fwd": (None, 4), "bwd": (None, 4)}
+
+
+def _launch_shape(n_rays: int, channels: int, which: str = "fwd") -> tuple[int, int, int]:
     block_c = next_pow2(channels)
-    block_r = max(1, min(64, _TILE_ELEMS // block_c, next_pow2(n_rays)))
-    return block_r, block_c
+    block_r, warps = TUNING[which]
+    if block_r is None:
+        block_r = max(1, min(64, _TILE_ELEMS // block_c, next_pow2(n_rays)))
+    return block_r, block_c, warps
 
 
 @triton.jit
@@ -85,10 +92,11 @@ def _composite_fwd_kernel(colors_ptr, dens_ptr, depths_ptr, bounds_ptr,         
 
 @triton.jit
 def _composite_bwd_kernel(colors_ptr, dens_ptr, depths_ptr, trans_ptr, draw_ptr, wsum_ptr,
-                          gfeat_ptr, gdepth_ptr, gweights_ptr,            # [NR,C], [NR] (clamp-masked), [NR,S-1]
-                          gcolors_ptr, gdens_ptr, gdepths_ptr,            # [NR,S,C], [NR,S], [NR,S]
+                          bounds_ptr, gfeat_ptr, gdepth_ptr, gweights_ptr,  # [2], [NR,C], [NR], [NR,S-1]
+                          gcolors_ptr, gdens_ptr, gdepths_ptr, gbounds_ptr,  # [NR,S,C], [NR,S], [NR,S], [2]
                           NR, S, C, shift, eps,
-                          WHITE: tl.constexpr, HAS_GW: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+                          WHITE: tl.constexpr, HAS_GW: tl.constexpr, HAS_GD: tl.constexpr,
+                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     pid = tl.program_id(0)
     offs_r = (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     mask_r = offs_r < NR
@@ -101,9 +109,25 @@ def _composite_bwd_kernel(colors_ptr, dens_ptr, depths_ptr, trans_ptr, draw_ptr,
 
     g2 = 2.0 * tl.load(gfeat_ptr + offs_r[:, None] * C + offs_c[None, :], mask=mask_rc, other=0.0).to(tl.float32)
     g_white = tl.sum(g2, axis=1)                                   # features += 1 - W  =>  dF/dw_k -= 2 gF
-    gdepth = tl.load(gdepth_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
     wsum = tl.load(wsum_ptr + offs_r, mask=mask_r, other=1.0).to(tl.float32)
     draw = tl.load(draw_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
+    gdepth = tl.zeros([BLOCK_R], tl.float32)
+    if HAS_GD:
+        # depth = clamp(nan_to_num(raw, nan=inf), lo, hi) with tensor bounds: raw gets the gradient inside
+        # [lo, hi] where it was finite; the bound it was clamped to gets it otherwise (summed here with one
+        # atomic per program, spread over the tied extreme depths by the caller).
+        g = tl.load(gdepth_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
+        lo = tl.load(bounds_ptr)
+        hi = tl.load(bounds_ptr + 1)
+        raw = tl.where(draw == draw, draw, float("inf"))
+        finite = tl.abs(draw) < float("inf")
+        gdepth = tl.where((raw >= lo) & (raw <= hi) & finite, g, 0.0)
+        lo_r = tl.zeros([BLOCK_R], tl.float32) + lo               # [BR]: the interpreter's & needs tensors
+        hi_r = tl.zeros([BLOCK_R], tl.float32) + hi
+        to_lo = (raw < lo_r) & (lo_r < hi_r) & mask_r
+        to_hi = ((raw > hi_r) | (hi_r < lo_r)) & mask_r
+        tl.atomic_add(gbounds_ptr, tl.sum(tl.where(to_lo, g, 0.0), axis=0))
+        tl.atomic_add(gbounds_ptr + 1, tl.sum(tl.where(to_hi, g, 0.0), axis=0))
     # depth = dsum / W: d/dw_k = (tmid_k - depth) / W, d/dtmid_k = w_k / W; 0 for empty rays (W = 0),
     # where the reference's 0/0 gives NaN.
     has_w = wsum > 0
@@ -157,8 +181,10 @@ def _composite_bwd_kernel(colors_ptr, dens_ptr, depths_ptr, trans_ptr, draw_ptr,
 
 
 def _bounds(depths: Tensor) -> Tensor:
-    lo, hi = torch.aminmax(depths.detach())
-    return torch.stack([lo, hi]).to(torch.float32)                    # [2], stays on the device (no sync)
+    flat = depths.detach().reshape(-1)
+    # [2] on the device (no host sync); amin/amax rather than aminmax, which showed 0.68 ms of host
+    # time per call in the profiler on an H100 machine.
+    return torch.stack([flat.amin(), flat.amax()]).to(torch.float32)
 
 
 class CompositeRays(torch.autograd.Function):
@@ -178,11 +204,11 @@ class CompositeRays(torch.autograd.Function):
         wsum = torch.empty(batch, rays, device=dev, dtype=torch.float32)  # opacity W, float32 for the backward
         bounds = _bounds(depths_c)
         if n_rays > 0:
-            block_r, block_c = _launch_shape(n_rays, channels)
+            block_r, block_c, warps = _launch_shape(n_rays, channels, "fwd")
             _composite_fwd_kernel[(triton.cdiv(n_rays, block_r),)](
                 colors_c, dens_c, depths_c, bounds, feat, depth, weights, trans, draw, wsum, n_rays, samples, channels,
                 float(density_shift), TRANSMITTANCE_EPS, WHITE=bool(white_back), BLOCK_R=block_r,
-                BLOCK_C=block_c, num_warps=4)
+                BLOCK_C=block_c, num_warps=warps)
         ctx.save_for_backward(colors_c, dens_c, depths_c, trans, draw, wsum, bounds)
         ctx.density_shift, ctx.white_back = float(density_shift), bool(white_back)
         return feat, depth, weights
@@ -195,35 +221,25 @@ class CompositeRays(torch.autograd.Function):
         dev = colors.device
         if g_feat is None:
             g_feat = torch.zeros(batch, rays, channels, device=dev, dtype=torch.float32)
-        lo, hi = bounds[0], bounds[1]
-        raw = torch.nan_to_num(draw, nan=float("inf"))
-        if g_depth is None:
-            g_depth_in = torch.zeros_like(draw)
-            g_lo = g_hi = None
-        else:
-            g = g_depth.reshape(batch, rays).to(torch.float32)
-            # torch.clamp(x, min_t, max_t) backward: x gets it inside [lo, hi], the bound it was clamped to
-            # otherwise; nan_to_num passes it only where x was finite.
-            inside = (raw >= lo) & (raw <= hi)
-            g_depth_in = torch.where(inside & torch.isfinite(draw), g, torch.zeros_like(g))
-            g_lo = torch.where((raw < lo) & (lo < hi), g, torch.zeros_like(g)).sum()
-            g_hi = torch.where((raw > hi) | (hi < lo), g, torch.zeros_like(g)).sum()
         gcolors = torch.empty(colors.shape, device=dev, dtype=torch.float32)       # [B, R, S, C]
         gdens = torch.empty(batch, rays, samples, 1, device=dev, dtype=torch.float32)
         gdepths = torch.empty(batch, rays, samples, 1, device=dev, dtype=torch.float32)
+        gbounds = torch.zeros(2, device=dev, dtype=torch.float32)                   # d loss / d (lo, hi)
         if n_rays > 0:
-            block_r, block_c = _launch_shape(n_rays, channels)
+            block_r, block_c, warps = _launch_shape(n_rays, channels, "bwd")
             gw = g_weights.contiguous() if g_weights is not None else gdens   # dummy pointer when absent
+            gd = g_depth.contiguous() if g_depth is not None else gdens
             _composite_bwd_kernel[(triton.cdiv(n_rays, block_r),)](
-                colors, dens, depths, trans, draw, wsum, g_feat.contiguous(), g_depth_in.contiguous(), gw,
-                gcolors, gdens, gdepths, n_rays, samples, channels, ctx.density_shift, TRANSMITTANCE_EPS,
-                WHITE=ctx.white_back, HAS_GW=g_weights is not None, BLOCK_R=block_r, BLOCK_C=block_c,
-                num_warps=4)
-        if g_lo is not None:
+                colors, dens, depths, trans, draw, wsum, bounds, g_feat.contiguous(), gd, gw,
+                gcolors, gdens, gdepths, gbounds, n_rays, samples, channels, ctx.density_shift, TRANSMITTANCE_EPS,
+                WHITE=ctx.white_back, HAS_GW=g_weights is not None, HAS_GD=g_depth is not None,
+                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps)
+        if g_depth is not None:
             # torch.min/max over the whole tensor split their gradient evenly among tied extremes.
-            is_lo = (depths == lo.to(depths.dtype)).to(torch.float32)
-            is_hi = (depths == hi.to(depths.dtype)).to(torch.float32)
-            gdepths = gdepths + is_lo * (g_lo / is_lo.sum().clamp_min(1)) + is_hi * (g_hi / is_hi.sum().clamp_min(1))
+            ties = torch.stack([depths == bounds[0].to(depths.dtype), depths == bounds[1].to(depths.dtype)])
+            ties = ties.to(torch.float32)                                             # [2, B, R, S, 1]
+            share = gbounds / ties.sum(dim=(1, 2, 3, 4)).clamp_min(1)                 # [2]
+            gdepths += (ties * share.reshape(2, 1, 1, 1, 1)).sum(0)
         return (gcolors.to(colors.dtype), gdens.to(dens.dtype), gdepths.to(depths.dtype), None, None)
 
 

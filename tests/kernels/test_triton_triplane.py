@@ -56,21 +56,22 @@ def test_backward_matches_reference(tk, kcase, close, cast, need):
 
 
 def test_nonfinite_and_far_points(tk, kcase, close, cast):
-    """NaN/inf coordinates give NaN features (as the reference's NaN weights do) and scatter no gradient;
-    far-away finite points give exact zeros; everything else is unaffected."""
+    """NaN/inf coordinates give NaN features (what the CPU reference's NaN weights give; CUDA's grid_sample
+    returns 0 for NaN, so only the finite points are compared) and scatter no gradient; far-away finite
+    points give exact zeros; everything else is unaffected."""
     planes, points = _data((1, 8, 4, 6, 6), seed=3)
     points[0, 0, 0] = float("nan")
     points[0, 1, 1] = float("inf")
     points[0, 2, 2] = float("-inf")
-    points[0, 3] = torch.tensor([1e30, -1e30, 1e30])
+    points[0, 3] = torch.tensor([6e4, -6e4, 6e4])              # far outside, still finite in float16
     (planes, points), (planes_r, points_r) = cast(kcase, planes, points)
     pl = planes.clone().requires_grad_()
     pt = points.clone().requires_grad_()
     out = tk.triplane_sample(pl, pt)
-    ref = reference.triplane_sample(planes_r, points_r)
+    ref = reference.triplane_sample(planes_r, points_r[:, 3:])
     assert torch.isnan(out[0, :3]).all() and torch.isfinite(out[0, 3:]).all()
     assert (out[0, 3] == 0).all()
-    close(out, ref, kcase.rel, "features")
+    close(out[:, 3:], ref, kcase.rel, "features")
     out.nan_to_num(0.0).sum().backward()
     assert torch.isfinite(pl.grad).all()
     assert torch.isnan(pt.grad[0, :3]).all() and (pt.grad[0, 3] == 0).all()
