@@ -2,7 +2,7 @@
 
     otavatar convert IN [IN ...] --out OUT.safetensors [--preset official|tiny]
     otavatar env [--json]
-    otavatar demo [--out out/demo] [--preset tiny]
+    otavatar demo [--out out/demo] [--preset tiny] [--weights FILE] [--views N]
 
 Importing this module loads click only; each command imports what it needs when it runs, so `otavatar env`
 works (and reports "not installed") when torch, onnxruntime or grpc are missing.
@@ -148,20 +148,28 @@ def env(as_json: bool) -> None:
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the rendered output.")
-@click.option("--preset", type=PRESET_CHOICE, default="tiny", show_default=True, help="Model preset.")
-def demo(out_dir: str, preset: str) -> None:
-    """Render the demo avatar and print the path written."""
+@click.option("--preset", type=PRESET_CHOICE, default="tiny", show_default=True,
+              help="Model preset (ignored when --weights is given).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="An otavatar .safetensors file (e.g. from `otavatar convert`); default: seeded random init.")
+@click.option("--views", type=click.IntRange(min=1), default=5, show_default=True, help="Cameras in the yaw sweep.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the identity code (and the init).")
+def demo(out_dir: str, preset: str, weights: str | None, views: int, seed: int) -> None:
+    """Render the demo avatar from a sweep of cameras and write frame.png and sheet.png."""
     try:
         from otavatar.demo import render_demo
     except ImportError as e:
-        raise click.ClickException(f"the demo is not available in this install ({e})") from None
+        raise click.ClickException(f"the demo needs the `train` extra (torch): {e}") from None
     from otavatar.weights import WeightsError
 
     try:
-        path = render_demo(out_dir, preset=preset)
-    except (WeightsError, FileNotFoundError) as e:
+        result = render_demo(out_dir, preset=preset, weights=weights, views=views, seed=seed)
+    except (WeightsError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(str(path))
+    click.echo(f"{result.views} views of the {result.preset} preset ({result.weights}) in {result.seconds:.1f} s",
+               err=True)
+    click.echo(str(result.frame))
+    click.echo(str(result.sheet))
 
 
 if __name__ == "__main__":  # python -m otavatar.cli

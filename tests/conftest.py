@@ -75,13 +75,18 @@ def eg3d_planes0(eg3d_planes0_or_none) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def _torch_determinism():
-    """Two threads (the CI machine's cores) and no TF32, so float32 parity holds."""
+    """The CI machine's 2 cores shared between pytest-xdist workers, and no TF32, so float32 parity holds.
+
+    Two threads in each of `-n 2` workers oversubscribes 2 cores (4 busy threads): the weights tests ran
+    5x slower (73 s instead of 15 s). Results are compared within one process, so the count does not matter.
+    """
     try:
         import torch
     except ImportError:
         yield
         return
-    torch.set_num_threads(2)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // workers)))
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     yield

@@ -150,32 +150,25 @@ def test_env_lists_ort_providers_when_present(runner, monkeypatch):
 
 # -- demo -----------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def fake_demo(monkeypatch, tmp_path):
-    calls = []
-
-    def render_demo(out_dir, preset="tiny"):
-        calls.append((out_dir, preset))
-        return Path(out_dir) / "demo.png"
-
-    module = types.ModuleType("otavatar.demo")
-    module.render_demo = render_demo
-    monkeypatch.setitem(sys.modules, "otavatar.demo", module)
-    return calls
-
-
-def test_demo_defaults_and_options(runner, fake_demo):
-    result = runner.invoke(main, ["demo"])
+def test_demo_writes_frames(runner, tmp_path):
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--views", "2"])
     assert result.exit_code == 0, result.output
-    assert fake_demo == [("out/demo", "tiny")] and result.output.strip() == str(Path("out/demo/demo.png"))
-    result = runner.invoke(main, ["demo", "--out", "elsewhere", "--preset", "official"])
-    assert result.exit_code == 0 and fake_demo[-1] == ("elsewhere", "official")
+    assert result.stdout.split() == [str(tmp_path / "d" / "frame.png"), str(tmp_path / "d" / "sheet.png")]
+    assert (tmp_path / "d" / "sheet.png").is_file()
 
 
-def test_demo_missing_module_is_a_clear_error(runner, monkeypatch):
+def test_demo_bad_weights_is_a_clear_error(runner, tmp_path):
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a safetensors file")
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--weights", str(bogus)])
+    assert result.exit_code == 1 and "bogus.safetensors" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "d" / "frame.png").exists()
+
+
+def test_demo_missing_torch_is_a_clear_error(runner, monkeypatch):
     monkeypatch.setitem(sys.modules, "otavatar.demo", None)
     result = runner.invoke(main, ["demo"])
-    assert result.exit_code == 1 and "the demo is not available" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "train" in result.output and "Traceback" not in result.output
 
 
 # -- import cost ----------------------------------------------------------------------------------------------
