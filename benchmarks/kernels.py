@@ -204,7 +204,7 @@ def main() -> None:
             if args.sweep:
                 for block_r in (16, 32):
                     for warps in (4, 8):
-                        for prec in ("ieee", "tf32"):
+                        for prec in ("ieee", "tf32x3", "tf32"):
                             try:
                                 ms = bench(lambda: tk.render_fused(planes, dec, origins, directions, settings,
                                                                    block_r=block_r, num_warps=warps,

@@ -210,6 +210,12 @@ def _render_merged_kernel(planes_ptr, orig_ptr, dir_ptr, zc_ptr, fine_ptr, bound
     tl.store(wsum_ptr + ray, wsum, mask=mask_r)
 
 
+# Decoder matmul precision. The [16|32 x 32] x [32 x 64] products are too small for tensor cores to pay
+# off with the 3-product TF32 split (9.4 ms vs 4.2 ms at B=8, H100), and single TF32 (3.2 ms) breaks the
+# parity fixture's 5e-5 tolerance, so plain float32 FMA it is.
+DOT_PRECISION = "ieee"
+
+
 def supports(planes: Tensor, settings: RaySettings, stochastic: bool) -> bool:
     """Whether the fused kernels reproduce reference.render_rays for these arguments."""
     return (not stochastic and settings.depth_samples >= 4 and settings.ray_start < settings.ray_end
@@ -217,18 +223,20 @@ def supports(planes: Tensor, settings: RaySettings, stochastic: bool) -> bool:
 
 
 def _launch_shape(rays: int, batch: int) -> int:
-    # tl.dot needs M >= 16. 16 rays per program with 4 warps: 256 programs per 64x64 image, 2 per SM on an
-    # H100; measured 0.69 ms at B=1 against 0.92 ms for 32 rays and 2.1 ms for 64 (benchmarks --sweep).
-    return 16
+    # tl.dot needs M >= 16. One 64x64 image: 16 rays per program (256 programs, 2 per SM on an H100;
+    # 0.69 ms against 0.92 ms for 32 rays and 2.1 ms for 64). Eight images: 32 rays (4.1 ms against
+    # 5.3 ms for 16 with float32 FMA dots: larger dot tiles once the SMs are full). benchmarks --sweep.
+    return 16 if rays * batch <= 8192 else 32
 
 
 def render_fused(planes: Tensor, decoder: DecoderWeights, origins: Tensor, directions: Tensor,
                  settings: RaySettings = RaySettings(), *, block_r: int | None = None, num_warps: int = 4,
-                 dot_precision: str = "ieee") -> RenderResult:
+                 dot_precision: str = DOT_PRECISION) -> RenderResult:
     """Deterministic render of rays [B,R,3] through planes [B,3,C,H,W]; no autograd (inference only).
 
-    `dot_precision` "ieee" keeps the decoder in true float32 (parity tolerances); "tf32" is faster
-    where about 1e-3 relative error is acceptable.
+    `dot_precision` for the decoder's two matrix products: "ieee" (default; float32 FMA, parity-exact),
+    "tf32" (about 1e-3 relative error: not for parity; 3.2 ms against 4.2 ms at B=8 on an H100) or
+    "tf32x3" (float32-level error, but slower than "ieee" here: 9.4 ms at B=8).
     """
     batch, rays, _ = origins.shape
     dev = planes.device

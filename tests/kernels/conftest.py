@@ -30,14 +30,15 @@ class KernelCase:
 
 CASES = [
     pytest.param(KernelCase("cpu", torch.float32, 2e-5,
-                            "float32 in numpy with another summation order: measured <= 1e-6 relative"),
+                            "float32 in numpy with another summation order: ~1e-6 relative seen here"),
                  marks=pytest.mark.interpreter, id="interp-f32"),
-    pytest.param(KernelCase("cuda", torch.float32, 2e-5,
-                            "float32 FMA contraction, atomics order and tree reductions: <= 2e-6 measured on H100"),
+    pytest.param(KernelCase("cuda", torch.float32, 1e-4,
+                            "FMA contraction of scale*p + 1 moves a 256-wide plane's tap by ~1 ulp (8e-6 texel) x "
+                            "texel steps up to ~4: 1.9e-5 measured on H100, 5x margin"),
                  marks=pytest.mark.gpu, id="cuda-f32"),
     pytest.param(KernelCase("cuda", torch.float16, 4e-3,
                             "fp16 outputs of float32 math: half-ulp is 4.9e-4 relative, 8x margin for sums of "
-                            "rounded terms (measured <= 1e-3 on H100)"),
+                            "rounded terms"),
                  marks=pytest.mark.gpu, id="cuda-f16"),
 ]
 
@@ -64,8 +65,18 @@ def tk(kcase: KernelCase):
     return module
 
 
+# Largest error / scale per device and dtype, printed at the end of the run (the numbers behind the table).
+WORST: dict[str, tuple[float, str]] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    for key, (value, what) in sorted(WORST.items()):
+        terminalreporter.write_line(f"kernel max error/scale {key}: {value:.3g} ({what})")
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str = "") -> float:
     """max|actual - expected| <= rel * max(1, max|expected|), NaNs required in the same places."""
+    key = f"{actual.device.type}-{str(actual.dtype).replace('torch.', '')}"
     a = actual.detach().double().cpu()
     e = expected.detach().double().cpu()
     assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
@@ -75,6 +86,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what:
         return 0.0
     err = (a[finite] - e[finite]).abs().max().item()
     scale = max(1.0, e[finite].abs().max().item())
+    if err / scale > WORST.get(key, (-1.0, ""))[0]:
+        WORST[key] = (err / scale, what)
     assert err <= rel * scale, f"{what}: max error {err:.3g} > {rel:g} * {scale:.3g}"
     return err
 
