@@ -64,9 +64,10 @@ def test_mapping(official_generator, eg3d_case0):
 
 
 @pytest.mark.slow
-def test_backbone_planes(official_generator, eg3d_case0, eg3d_planes0_or_none):
+@pytest.mark.parametrize("fused_modconv", [None, False], ids=["auto-fused", "shared-conv"])
+def test_backbone_planes(official_generator, eg3d_case0, eg3d_planes0_or_none, fused_modconv):
     with torch.no_grad():
-        planes = official_generator.planes(t(eg3d_case0["ws"]))
+        planes = official_generator.planes(t(eg3d_case0["ws"]), fused_modconv=fused_modconv)
     assert tuple(planes.shape) == (1, 3, 32, 256, 256)
     assert_close(planes[:, :, :, ::8, ::8], eg3d_case0["planes_sub"], "planes")
     p64 = planes.double().flatten(3)
