@@ -56,6 +56,15 @@ def softplus_grad(x):
 
 
 @triton.jit
+def load_xyz(ptr, row, mask):
+    """Three float32 coordinates of rows `row` [BN] of a contiguous [.., 3] tensor (0 where masked)."""
+    x = tl.load(ptr + row * 3 + 0, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(ptr + row * 3 + 1, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(ptr + row * 3 + 2, mask=mask, other=0.0).to(tl.float32)
+    return x, y, z
+
+
+@triton.jit
 def pick_axis(px, py, pz, A: tl.constexpr):
     if A == 0:
         return px

@@ -26,7 +26,7 @@ from ..reference.compositing import TRANSMITTANCE_EPS
 from ..reference.decoder import SIGMOID_PAD, DecoderWeights
 from ..reference.importance import PDF_EPS, PDF_FLOOR
 from ..reference.render import RaySettings, RenderResult, coarse_depths
-from ._common import channels_last, next_pow2, plane_axes_args, sample_triplane, softplus
+from ._common import channels_last, load_xyz, next_pow2, plane_axes_args, sample_triplane, softplus
 
 
 @triton.jit
@@ -77,12 +77,8 @@ def _render_coarse_kernel(planes_ptr, orig_ptr, dir_ptr, zc_ptr, u_ptr,         
     ray = b * R + offs_r                                                  # [BR] global ray index
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    ox = tl.load(orig_ptr + ray * 3 + 0, mask=mask_r, other=0.0).to(tl.float32)
-    oy = tl.load(orig_ptr + ray * 3 + 1, mask=mask_r, other=0.0).to(tl.float32)
-    oz = tl.load(orig_ptr + ray * 3 + 2, mask=mask_r, other=0.0).to(tl.float32)
-    dx = tl.load(dir_ptr + ray * 3 + 0, mask=mask_r, other=0.0).to(tl.float32)
-    dy = tl.load(dir_ptr + ray * 3 + 1, mask=mask_r, other=0.0).to(tl.float32)
-    dz = tl.load(dir_ptr + ray * 3 + 2, mask=mask_r, other=0.0).to(tl.float32)
+    ox, oy, oz = load_xyz(orig_ptr, ray, mask_r)
+    dx, dy, dz = load_xyz(dir_ptr, ray, mask_r)
     planes_b = planes_ptr + b * 3 * H * W * C
     w0t, b0, w1s, b1s, w1ct, b1c = _load_decoder(w0t_ptr, b0_ptr, w1s_ptr, w1ct_ptr, b1_ptr, C, HID, NF,
                                                  BLOCK_C, BLOCK_H, BLOCK_F)
@@ -152,12 +148,8 @@ def _render_merged_kernel(planes_ptr, orig_ptr, dir_ptr, zc_ptr, fine_ptr, bound
     offs_c = tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     offs_f = tl.arange(0, BLOCK_F)
-    ox = tl.load(orig_ptr + ray * 3 + 0, mask=mask_r, other=0.0).to(tl.float32)
-    oy = tl.load(orig_ptr + ray * 3 + 1, mask=mask_r, other=0.0).to(tl.float32)
-    oz = tl.load(orig_ptr + ray * 3 + 2, mask=mask_r, other=0.0).to(tl.float32)
-    dx = tl.load(dir_ptr + ray * 3 + 0, mask=mask_r, other=0.0).to(tl.float32)
-    dy = tl.load(dir_ptr + ray * 3 + 1, mask=mask_r, other=0.0).to(tl.float32)
-    dz = tl.load(dir_ptr + ray * 3 + 2, mask=mask_r, other=0.0).to(tl.float32)
+    ox, oy, oz = load_xyz(orig_ptr, ray, mask_r)
+    dx, dy, dz = load_xyz(dir_ptr, ray, mask_r)
     planes_b = planes_ptr + b * 3 * H * W * C
     w0t, b0, w1s, b1s, w1ct, b1c = _load_decoder(w0t_ptr, b0_ptr, w1s_ptr, w1ct_ptr, b1_ptr, C, HID, NF,
                                                  BLOCK_C, BLOCK_H, BLOCK_F)
