@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("camera", "coeffs", "config", "kernels", "models", "weights", "export")
+_SUBMODULES = ("camera", "coeffs", "config", "kernels", "models", "weights", "export", "synthetic")
 
 
 def __getattr__(name: str) -> Any:
