@@ -59,7 +59,11 @@ def _eye(who: Identity, blink):
 
 
 def _brow_y(who: Identity, a, raise_, furrow):
-    return who.eye_y + who.brow_gap + 0.02 * raise_ + who.brow_arch * np.sin(np.pi * a) - 0.015 * furrow * (1 - a)
+    return who.eye_y + who.brow_gap + 0.02 * raise_ + who.brow_arch * _sin(np.pi * a) - 0.015 * furrow * (1 - a)
+
+
+def _sin(a):
+    return a.sin() if hasattr(a, "sin") else np.sin(a)      # torch tensors or numpy arrays
 
 
 def _brow_x(who: Identity):
