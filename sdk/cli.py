@@ -3,6 +3,7 @@
     otavatar convert IN [IN ...] --out OUT.safetensors [--preset official|tiny]
     otavatar env [--json]
     otavatar demo [--out out/demo] [--preset tiny] [--weights FILE] [--views N]
+    otavatar synth --out DIR --subjects N --videos-per-subject K --frames T --resolution R --seed S [--force]
 
 Importing this module loads click only; each command imports what it needs when it runs, so `otavatar env`
 works (and reports "not installed") when torch, onnxruntime or grpc are missing.
@@ -170,6 +171,38 @@ def demo(out_dir: str, preset: str, weights: str | None, views: int, seed: int) 
                err=True)
     click.echo(str(result.frame))
     click.echo(str(result.sheet))
+
+
+# -- synth --------------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Output folder (written atomically).")
+@click.option("--subjects", type=click.IntRange(1, 9999), default=16, show_default=True, help="Identities.")
+@click.option("--videos-per-subject", type=click.IntRange(1, 99), default=1, show_default=True,
+              help="Talking videos per identity.")
+@click.option("--frames", type=click.IntRange(min=1), default=64, show_default=True, help="Frames per video.")
+@click.option("--resolution", type=click.IntRange(8, 2048), default=128, show_default=True,
+              help="Frame size in pixels (square).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the whole dataset.")
+@click.option("--force", is_flag=True, help="Replace a non-empty existing output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, resolution: int, seed: int,
+          force: bool, quiet: bool) -> None:
+    """Write a SynthHeads dataset in the published OTAvatar LMDB layout, plus truth.npz (exact ground truth)."""
+    try:
+        from otavatar.synthetic.dataset import write_dataset
+    except ImportError as e:
+        raise click.ClickException(f"synth needs the `train` extra (torch, lmdb, tqdm): {e}") from None
+    try:
+        import lmdb  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(f"synth needs the `lmdb` package (the `train` extra): {e}") from None
+    try:
+        summary = write_dataset(out_dir, subjects, videos_per_subject, frames, resolution, seed, force=force,
+                                progress=not quiet)
+    except (FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(summary.describe())
 
 
 if __name__ == "__main__":  # python -m otavatar.cli
