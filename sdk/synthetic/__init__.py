@@ -14,9 +14,10 @@ from otavatar.synthetic.params import (
     exp_to_controls, expression_basis, neutral_motion, talking_motion,
 )
 from otavatar.synthetic.render import PARTS, Clip, landmarks_canonical, landmarks_world, render
+from otavatar.synthetic.dataset import DatasetSummary, write_dataset
 
 __all__ = [
     "CONTROLS", "EXP_DIM", "EXPRESSION_SCALE", "N_CONTROLS", "TRACKER_FOCAL", "PARTS", "Identity", "Motion",
     "Clip", "controls_to_exp", "exp_to_controls", "expression_basis", "neutral_motion", "talking_motion",
-    "render", "landmarks_canonical", "landmarks_world",
+    "render", "landmarks_canonical", "landmarks_world", "write_dataset", "DatasetSummary",
 ]

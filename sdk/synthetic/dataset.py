@@ -140,7 +140,7 @@ def write_dataset(out_dir: str | os.PathLike, subjects: int, videos_per_subject:
     chunk_frames = _positive_int("chunk_frames", chunk_frames)
     if subjects > 9999:
         raise ValueError(f"subjects must be <= 9999, got {subjects}")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
