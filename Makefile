@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[train,dev]"
+	$(PIP) install -e ".[train,export,cpu,dev]"
 	touch $@
 
 # Two jobs: the suite, then the Triton kernels under the CPU interpreter (TRITON_INTERPRET must be set
