@@ -3,6 +3,7 @@
     otavatar convert IN [IN ...] --out OUT.safetensors [--preset official|tiny]
     otavatar env [--json]
     otavatar demo [--out out/demo] [--preset tiny] [--weights FILE] [--views N]
+    otavatar export (--weights W.safetensors | --preset tiny|official) --out DIR [--opset N] [--no-verify]
     otavatar synth --out DIR --subjects N --videos-per-subject K --frames T --resolution R --seed S [--force]
 
 Importing this module loads click only; each command imports what it needs when it runs, so `otavatar env`
@@ -171,6 +172,43 @@ def demo(out_dir: str, preset: str, weights: str | None, views: int, seed: int) 
                err=True)
     click.echo(str(result.frame))
     click.echo(str(result.sheet))
+
+
+# -- export -------------------------------------------------------------------------------------------------
+
+@main.command("export")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="An otavatar .safetensors file holding a generator and a controller (from `otavatar convert`).")
+@click.option("--preset", type=PRESET_CHOICE, default=None, help="Export a preset's seeded random init instead.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: controller.onnx, generator.onnx, manifest.json (written atomically).")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 18, dynamo exporter).")
+@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True,
+              help="Weights and activations precision.")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim/onnxslim simplification.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare ONNX Runtime with torch on random inputs (batch 1 and 2); fail above the tolerance.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the preset init and verify inputs.")
+def export(weights: str | None, preset: str | None, out_dir: str, opset: int, precision: str, no_simplify: bool,
+           verify: bool, seed: int) -> None:
+    """Export the controller and the generator to ONNX (dynamic batch) with a manifest of hashes and configs."""
+    if (weights is None) == (preset is None):
+        raise click.UsageError("give exactly one of --weights FILE or --preset official|tiny")
+    try:
+        from otavatar.export import ExportError, export_models, models_for_export
+    except ImportError as e:
+        raise click.ClickException(f"export needs the `train` and `export` extras (torch, onnx, onnxscript"
+                                   f"{', onnxruntime' if verify else ''}): {e}") from None
+    try:
+        generator, controller, source = models_for_export(weights, preset, seed)
+        report = export_models(out_dir, generator, controller, opset=opset, precision=precision, verify=verify,
+                               simplify=not no_simplify, source=source, seed=seed,
+                               log=lambda m: click.echo(m, err=True))
+    except ImportError as e:
+        raise click.ClickException(f"export needs the `export` extra (and `cpu` for --verify): {e}") from None
+    except ExportError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(report.summary())
 
 
 # -- synth --------------------------------------------------------------------------------------------------
