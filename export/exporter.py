@@ -12,10 +12,12 @@ One table (`GRAPHS`) drives everything: wrapper, input/output names and shapes, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -231,12 +233,22 @@ def _export_graph(spec: GraphSpec, model: nn.Module, path: Path, opset: int) -> 
     names_in, names_out = list(spec.inputs(model)), list(spec.outputs(model))
     example = tuple(torch.from_numpy(a) for a in spec.example(model, 2, np.random.default_rng(0)))
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # the exporter logs "torchvision is not installed" per torchvision op and warns about pytree internals;
+    # neither concerns these graphs, so keep the CLI output to what matters
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
     try:
-        torch.onnx.export(wrapper, example, str(path), input_names=names_in, output_names=names_out,
-                          dynamic_shapes=tuple({0: batch} for _ in names_in), opset_version=opset,
-                          dynamo=True, external_data=False, verbose=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name: batch will not be used.*")
+            torch.onnx.export(wrapper, example, str(path), input_names=names_in, output_names=names_out,
+                              dynamic_shapes=tuple({0: batch} for _ in names_in), opset_version=opset,
+                              dynamo=True, external_data=False, verbose=False)
     except Exception as e:
         raise ExportError(f"exporting {spec.file} failed: {type(e).__name__}: {str(e)[:2000]}") from e
+    finally:
+        registration.setLevel(level)
 
 
 def _simplify(proto: Any, simplify: bool) -> tuple[Any, str]:

@@ -53,6 +53,9 @@ class Engine:
         self._sessions: dict[str, Any] = {}
         self._io: dict[str, dict[str, list]] = {}
         for name, graph in self.manifest.get("graphs", {}).items():
+            if graph.get("file") not in self.manifest["files"]:
+                raise ManifestError(f"{self.model_dir}: graph {name!r} file {graph.get('file')!r} has no sha256 in "
+                                    "the manifest")
             path = self.model_dir / graph["file"]
             session = ort.InferenceSession(str(path), sess_options=options, providers=self.requested_providers)
             self._check_metadata(name, path, session.get_modelmeta().custom_metadata_map)
