@@ -108,19 +108,34 @@ def corner_offsets(x, y, W, H, C, row_ok):
 
 
 @triton.jit
-def sample_plane(plane_ptr, gcol, grow, W, H, C, Wf, Hf, offs_c, mask_c, row_ok):
-    """Bilinear, zero-padded tap of one channel-last plane -> [BN, BC] float32."""
+def bilinear_corners(gcol, grow, W, H, C, Wf, Hf, row_ok):
+    """Corner weights and, for nw, ne, sw, se, the element offset and in-plane mask of each texel."""
     x0, y0, wx0, wx1, wy0, wy1 = bilinear_setup(gcol, grow, Wf, Hf)
     o00, k00 = corner_offsets(x0, y0, W, H, C, row_ok)
     o01, k01 = corner_offsets(x0 + 1, y0, W, H, C, row_ok)
     o10, k10 = corner_offsets(x0, y0 + 1, W, H, C, row_ok)
     o11, k11 = corner_offsets(x0 + 1, y0 + 1, W, H, C, row_ok)
+    return wx0, wx1, wy0, wy1, o00, k00, o01, k01, o10, k10, o11, k11
+
+
+@triton.jit
+def load_corners(plane_ptr, o00, k00, o01, k01, o10, k10, o11, k11, offs_c, mask_c):
+    """The four corner texels [BN, BC] of one channel-last plane as float32 (0 outside the plane)."""
     c = offs_c[None, :]
     mc = mask_c[None, :]
     v00 = tl.load(plane_ptr + o00[:, None] + c, mask=k00[:, None] & mc, other=0.0).to(tl.float32)
     v01 = tl.load(plane_ptr + o01[:, None] + c, mask=k01[:, None] & mc, other=0.0).to(tl.float32)
     v10 = tl.load(plane_ptr + o10[:, None] + c, mask=k10[:, None] & mc, other=0.0).to(tl.float32)
     v11 = tl.load(plane_ptr + o11[:, None] + c, mask=k11[:, None] & mc, other=0.0).to(tl.float32)
+    return v00, v01, v10, v11
+
+
+@triton.jit
+def sample_plane(plane_ptr, gcol, grow, W, H, C, Wf, Hf, offs_c, mask_c, row_ok):
+    """Bilinear, zero-padded tap of one channel-last plane -> [BN, BC] float32."""
+    wx0, wx1, wy0, wy1, o00, k00, o01, k01, o10, k10, o11, k11 = bilinear_corners(gcol, grow, W, H, C, Wf, Hf,
+                                                                                  row_ok)
+    v00, v01, v10, v11 = load_corners(plane_ptr, o00, k00, o01, k01, o10, k10, o11, k11, offs_c, mask_c)
     # torch's order: nw, ne, sw, se.
     out = v00 * (wx0 * wy0)[:, None]
     out += v01 * (wx1 * wy0)[:, None]

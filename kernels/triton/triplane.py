@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import (bilinear_setup, channels_last, corner_offsets, load_xyz, next_pow2, pick_axis,
+from ._common import (bilinear_corners, channels_last, load_corners, load_xyz, next_pow2, pick_axis,
                       plane_axes_args, prepare_points, sample_triplane)
 
 # Points per program x channels, measured on an H100 at 3x32x256x256 planes, 393k points per item:
@@ -59,11 +59,8 @@ def _triplane_fwd_kernel(planes_ptr, points_ptr, out_ptr,   # [B,3,H,W,C], [B,N,
 def _plane_bwd(plane_ptr, gplane_ptr, gcol, grow, g3, W, H, C, Wf, Hf, offs_c, mask_c, row_ok,
                NEED_PLANES: tl.constexpr, NEED_POINTS: tl.constexpr):
     """Scatter g3 [BN,BC] into one plane's gradient; return d loss / d(col, row) in texel units [BN]."""
-    x0, y0, wx0, wx1, wy0, wy1 = bilinear_setup(gcol, grow, Wf, Hf)
-    o00, k00 = corner_offsets(x0, y0, W, H, C, row_ok)
-    o01, k01 = corner_offsets(x0 + 1, y0, W, H, C, row_ok)
-    o10, k10 = corner_offsets(x0, y0 + 1, W, H, C, row_ok)
-    o11, k11 = corner_offsets(x0 + 1, y0 + 1, W, H, C, row_ok)
+    wx0, wx1, wy0, wy1, o00, k00, o01, k01, o10, k10, o11, k11 = bilinear_corners(gcol, grow, W, H, C, Wf, Hf,
+                                                                                  row_ok)
     c = offs_c[None, :]
     mc = mask_c[None, :]
     if NEED_PLANES:
@@ -74,10 +71,7 @@ def _plane_bwd(plane_ptr, gplane_ptr, gcol, grow, g3, W, H, C, Wf, Hf, offs_c, m
     gx = tl.zeros_like(gcol)
     gy = tl.zeros_like(gcol)
     if NEED_POINTS:
-        v00 = tl.load(plane_ptr + o00[:, None] + c, mask=k00[:, None] & mc, other=0.0).to(tl.float32)
-        v01 = tl.load(plane_ptr + o01[:, None] + c, mask=k01[:, None] & mc, other=0.0).to(tl.float32)
-        v10 = tl.load(plane_ptr + o10[:, None] + c, mask=k10[:, None] & mc, other=0.0).to(tl.float32)
-        v11 = tl.load(plane_ptr + o11[:, None] + c, mask=k11[:, None] & mc, other=0.0).to(tl.float32)
+        v00, v01, v10, v11 = load_corners(plane_ptr, o00, k00, o01, k01, o10, k10, o11, k11, offs_c, mask_c)
         gx = tl.sum(g3 * ((v01 - v00) * wy0[:, None] + (v11 - v10) * wy1[:, None]), axis=1)
         gy = tl.sum(g3 * ((v10 - v00) * wx0[:, None] + (v11 - v01) * wx1[:, None]), axis=1)
     return gx, gy
