@@ -1,0 +1,113 @@
+"""Reenactment metrics (numpy only, no torch): PSNR, SSIM, landmark distance (AKD-like) and expression error
+(AED-like, in SynthHeads' 8 semantic controls, `otavatar.synthetic.params.CONTROLS`).
+
+Images are uint8 [H,W,3] / [N,H,W,3] (0..255) or float in [0,1]; both are compared on a [0,1] scale, so
+PSNR = 10 log10(1 / MSE) and SSIM uses the data range 1.
+
+SSIM is Wang et al. 2004 with an 11-tap Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, 'valid' filtering
+(no padding: the mean is over positions where the whole window fits), computed per colour channel and averaged
+over channels (and over images for a batch). This matches
+`skimage.metrics.structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1)` (the same crop of (11-1)/2 = 5 px per border).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["psnr", "ssim", "landmark_distance", "expression_error", "to_unit", "SSIM_WINDOW", "SSIM_SIGMA"]
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+_K1, _K2 = 0.01, 0.03
+
+
+def to_unit(name: str, image: ArrayLike) -> NDArray[np.float64]:
+    """uint8 (0..255) or float ([0,1]) image(s) -> float64 in [0,1], same shape."""
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return a.astype(np.float64) / 255.0
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be uint8 (0..255) or float ([0,1]); got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has non-finite values")
+    if a.size and (a.min() < -1e-6 or a.max() > 1 + 1e-6):
+        raise ValueError(f"float {name} must lie in [0,1]; got range [{a.min():.4g}, {a.max():.4g}]")
+    return a
+
+
+def _pair(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    x, y = to_unit("a", a), to_unit("b", b)
+    if x.shape != y.shape:
+        raise ValueError(f"a and b must have the same shape; got {list(x.shape)} and {list(y.shape)}")
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"images must be [H,W], [H,W,C] or [N,H,W,C]; got shape {list(x.shape)}")
+    return x, y
+
+
+def psnr(a: ArrayLike, b: ArrayLike) -> float:
+    """Peak signal-to-noise ratio in dB over all pixels (data range 1); inf for identical images.
+    For a batch [N,H,W,C] this is the PSNR of the pooled MSE; average per-frame values yourself if wanted."""
+    x, y = _pair(a, b)
+    mse = float(np.mean((x - y) ** 2))
+    return float("inf") if mse == 0.0 else float(10.0 * np.log10(1.0 / mse))
+
+
+def _gaussian_1d(size: int, sigma: float) -> np.ndarray:
+    r = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(r ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable 'valid' correlation of [..., H, W] with the 1-D kernel g along H then W."""
+    k = len(g)
+    h, w = x.shape[-2:]
+    rows = sum(g[i] * x[..., i:h - k + 1 + i, :] for i in range(k))
+    return sum(g[i] * rows[..., :, i:w - k + 1 + i] for i in range(k))
+
+
+def ssim(a: ArrayLike, b: ArrayLike) -> float:
+    """Mean structural similarity (module docstring): per channel, then averaged over channels and images.
+    Images must be at least 11x11. 1.0 for identical images."""
+    x, y = _pair(a, b)
+    if x.ndim == 2:
+        x, y = x[None, ..., None], y[None, ..., None]
+    elif x.ndim == 3:
+        x, y = x[None], y[None]
+    if min(x.shape[1:3]) < SSIM_WINDOW:
+        raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}; got {list(x.shape[1:3])}")
+    x, y = np.moveaxis(x, -1, 1), np.moveaxis(y, -1, 1)            # [N,C,H,W]
+    g = _gaussian_1d(SSIM_WINDOW, SSIM_SIGMA)
+    mx, my = _filter_valid(x, g), _filter_valid(y, g)
+    sxx = _filter_valid(x * x, g) - mx * mx
+    syy = _filter_valid(y * y, g) - my * my
+    sxy = _filter_valid(x * y, g) - mx * my
+    c1, c2 = _K1 ** 2, _K2 ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(s.mean())
+
+
+def landmark_distance(pred: ArrayLike, truth: ArrayLike) -> float:
+    """AKD-like: mean Euclidean distance (in the inputs' units, e.g. pixels) between matching landmarks.
+    pred, truth: [N,68,2] (or [68,2])."""
+    p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if p.shape != t.shape or p.ndim not in (2, 3) or p.shape[-1] != 2:
+        raise ValueError(f"pred and truth must both be [N,K,2] (or [K,2]); got {list(p.shape)} and {list(t.shape)}")
+    if not (np.isfinite(p).all() and np.isfinite(t).all()):
+        raise ValueError("landmarks have non-finite values")
+    return float(np.linalg.norm(p - t, axis=-1).mean())
+
+
+def expression_error(pred: ArrayLike, truth: ArrayLike) -> float:
+    """AED-like: mean absolute difference of SynthHeads' 8 semantic controls. pred, truth: [N,8] (or [8])."""
+    from otavatar.synthetic.params import N_CONTROLS
+
+    p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if p.shape != t.shape or p.ndim not in (1, 2) or p.shape[-1] != N_CONTROLS:
+        raise ValueError(f"pred and truth must both be [N,{N_CONTROLS}] (or [{N_CONTROLS}]); got "
+                         f"{list(p.shape)} and {list(t.shape)}")
+    if not (np.isfinite(p).all() and np.isfinite(t).all()):
+        raise ValueError("controls have non-finite values")
+    return float(np.abs(p - t).mean())

@@ -1,0 +1,73 @@
+"""Reenactment metrics on known inputs (and SSIM against scikit-image when it is installed)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from otavatar.training.metrics import expression_error, landmark_distance, psnr, ssim
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 24, 20, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-20, 21, a.shape), 0, 255).astype(np.uint8)
+    return a, b
+
+
+def test_psnr_known_values(images):
+    a, _ = images
+    assert psnr(a, a) == math.inf
+    x = np.zeros((8, 8, 3))
+    assert psnr(x, x + 0.1) == pytest.approx(20.0)            # MSE 0.01 -> 20 dB
+    # uint8 and [0,1] float give the same number
+    b = a.copy()
+    b[0, 0, 0, 0] ^= 1
+    assert psnr(a, b) == pytest.approx(psnr(a / 255.0, b / 255.0))
+
+
+def test_ssim_identity_and_bounds(images):
+    a, b = images
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert 0.0 < ssim(a, b) < 1.0
+    assert ssim(a[0], b[0]) == pytest.approx(ssim(a[0:1], b[0:1]))
+    assert ssim(a, 255 - a) < 0.0                              # anti-correlated structure
+
+
+def test_ssim_matches_skimage(images):
+    metrics = pytest.importorskip("skimage.metrics")
+    a, b = images
+    ours = ssim(a[0], b[0])
+    ref = metrics.structural_similarity(a[0] / 255.0, b[0] / 255.0, channel_axis=-1, gaussian_weights=True,
+                                        sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    assert ours == pytest.approx(ref, abs=1e-9)
+    grey = metrics.structural_similarity(a[0, ..., 0] / 255.0, b[0, ..., 0] / 255.0, gaussian_weights=True,
+                                         sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    assert ssim(a[0, ..., 0], b[0, ..., 0]) == pytest.approx(grey, abs=1e-9)
+
+
+def test_landmark_and_expression_error():
+    t = np.zeros((2, 68, 2))
+    p = t.copy()
+    p[..., 0] += 3.0
+    p[..., 1] += 4.0
+    assert landmark_distance(p, t) == pytest.approx(5.0)
+    assert landmark_distance(t, t) == 0.0
+    c = np.zeros((3, 8))
+    assert expression_error(c + 0.25, c) == pytest.approx(0.25)
+    assert expression_error(c[0], c[0] - 1) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: psnr(np.zeros((4, 4, 3)), np.zeros((4, 5, 3))), "same shape"),
+    (lambda: psnr(np.full((4, 4), 2.0), np.zeros((4, 4))), r"\[0,1\]"),
+    (lambda: psnr(np.zeros((4, 4), np.int32), np.zeros((4, 4), np.int32)), "uint8"),
+    (lambda: ssim(np.zeros((8, 8)), np.zeros((8, 8))), "at least 11"),
+    (lambda: landmark_distance(np.zeros((2, 68, 2)), np.zeros((2, 68, 3))), r"\[N,K,2\]"),
+    (lambda: expression_error(np.zeros((2, 7)), np.zeros((2, 7))), r"\[N,8\]"),
+])
+def test_validation(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
