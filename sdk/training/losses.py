@@ -143,3 +143,126 @@ class PerceptualLoss(nn.Module):
                 if scale == 0 and self.style_weight > 0:
                     total = total + self.style_weight * F.l1_loss(gram_matrix(fx[name]), gram_matrix(fy[name]))
         return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Identity (ArcFace) loss
+
+# The standard 5-point ArcFace template on a 112x112 crop (insightface): image-left eye, image-right eye, nose tip,
+# image-left mouth corner, image-right mouth corner, in pixel coordinates (pixel centres at integers).
+ARCFACE_TEMPLATE_112 = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366),
+                        (41.5493, 92.3655), (70.7299, 92.2041))
+_GREY = (0.2989, 0.587, 0.114)
+
+
+def five_points(landmarks: Tensor) -> Tensor:
+    """[B,68,2] iBUG landmarks -> [B,5,2]: eye centres (36/39, 42/45), nose tip 30, mouth corners 48, 54."""
+    if landmarks.dim() != 3 or tuple(landmarks.shape[1:]) != (68, 2):
+        raise ValueError(f"landmarks must be [B,68,2]; got {tuple(landmarks.shape)}")
+    return torch.stack([(landmarks[:, 36] + landmarks[:, 39]) * 0.5,
+                        (landmarks[:, 42] + landmarks[:, 45]) * 0.5,
+                        landmarks[:, 30], landmarks[:, 48], landmarks[:, 54]], dim=1)
+
+
+def similarity_transform(src: Tensor, dst: Tensor) -> Tensor:
+    """Least-squares similarity (Umeyama 1991, reflection excluded) src [B,N,2] -> dst [B,N,2]: [B,2,3]."""
+    src64, dst64 = src.to(torch.float64), dst.to(torch.float64)
+    mu_s, mu_d = src64.mean(dim=1, keepdim=True), dst64.mean(dim=1, keepdim=True)
+    cs, cd = src64 - mu_s, dst64 - mu_d
+    cov = cd.transpose(1, 2) @ cs / src.shape[1]                         # [B,2,2]
+    u, sigma, vh = torch.linalg.svd(cov)
+    # d = -1 when the best orthogonal map is a reflection: flip the weakest axis so R stays a rotation.
+    d = torch.sign(torch.linalg.det(u) * torch.linalg.det(vh))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    diag = torch.stack([torch.ones_like(d), d], dim=-1)                  # [B,2]
+    rot = u @ torch.diag_embed(diag) @ vh
+    var_s = cs.pow(2).sum(dim=(1, 2)) / src.shape[1]
+    if bool((var_s <= 1e-12).any()):
+        raise ValueError("the 5 alignment points coincide; cannot estimate a similarity transform")
+    scale = (sigma * diag).sum(-1) / var_s                               # [B]
+    a = scale[:, None, None] * rot
+    t = mu_d.transpose(1, 2) - a @ mu_s.transpose(1, 2)                  # [B,2,1]
+    return torch.cat([a, t], dim=2).to(src.dtype)
+
+
+def _pixel_to_norm(width: int, height: int, like: Tensor) -> Tensor:
+    """3x3 map from pixel coordinates (centres at integers) to grid_sample's align_corners=False [-1,1]."""
+    m = torch.zeros(3, 3, dtype=like.dtype, device=like.device)
+    m[0, 0], m[0, 2] = 2.0 / width, 1.0 / width - 1.0
+    m[1, 1], m[1, 2] = 2.0 / height, 1.0 / height - 1.0
+    m[2, 2] = 1.0
+    return m
+
+
+def warp_affine(images: Tensor, matrix: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Differentiable cv2.warpAffine: images [B,C,H,W], matrix [B,2,3] (source pixel -> output pixel) -> output
+    [B,C,h,w]; bilinear, zeros outside (0 is mid-grey for [-1,1] images)."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    b, c, h, w = images.shape
+    with torch.no_grad():
+        m = matrix.to(torch.float64)
+        full = torch.zeros(b, 3, 3, dtype=torch.float64, device=images.device)
+        full[:, :2] = m
+        full[:, 2, 2] = 1.0
+        n_in = _pixel_to_norm(w, h, full)
+        n_out = _pixel_to_norm(out_w, out_h, full)
+        # normalised output -> output pixel -> source pixel -> normalised source
+        theta = (n_in @ torch.linalg.inv(full) @ torch.linalg.inv(n_out))[:, :2].to(images.dtype)
+        grid = F.affine_grid(theta, [b, c, out_h, out_w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _to_grey(x: Tensor) -> Tensor:
+    weights = x.new_tensor(_GREY).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def arcface_crop(images: Tensor, landmarks: Tensor, *, size: int = 128) -> Tensor:
+    """images [B,3,H,W] in [-1,1], landmarks [B,68,2] (pixel coords of `images`) -> grey faces [B,1,size,size].
+
+    A similarity transform from the 5 derived points to the 112-px ArcFace template scaled to `size` (least
+    squares, no reflection), computed from the landmarks only (no gradient through it); the warp itself is
+    differentiable w.r.t. the images. Grey = 0.2989 R + 0.587 G + 0.114 B on the [-1,1] values (spec 3.5).
+    """
+    _check_images("images", images)
+    if images.shape[1] != 3:
+        raise ValueError(f"images must be RGB [B,3,H,W]; got {tuple(images.shape)}")
+    if landmarks.shape[0] != images.shape[0]:
+        raise ValueError(f"landmarks batch {landmarks.shape[0]} != images batch {images.shape[0]}")
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    with torch.no_grad():
+        src = five_points(landmarks.detach().to(device=images.device, dtype=torch.float64))
+        dst = src.new_tensor(ARCFACE_TEMPLATE_112) * (size / 112.0)
+        matrix = similarity_transform(src, dst.expand_as(src))
+    return _to_grey(warp_affine(images, matrix, size))
+
+
+class IdentityLoss(nn.Module):
+    """1 - cosine(enc(crop(pred)), enc(crop(target))), batch mean (spec 3.5); the encoder is frozen here.
+
+    As every loss here, the target is area-resized to the prediction's size and `landmarks` [B,68,2] are the
+    TARGET's landmarks in pixel coordinates of the prediction (spec: LR terms at the render size, landmarks
+    scaled by render/512). Both crops use the target's landmarks, as published: the prediction is meant to sit
+    exactly where the target's face is.
+    """
+
+    def __init__(self, encoder: nn.Module, *, size: int = 128) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.encoder.eval()
+        self.encoder.requires_grad_(False)
+        self.size = int(size)
+
+    def train(self, mode: bool = True) -> IdentityLoss:
+        super().train(mode)
+        self.encoder.eval()  # frozen BatchNorm statistics and no dropout, whatever the trainer's mode
+        return self
+
+    def forward(self, pred: Tensor, target: Tensor, landmarks: Tensor) -> Tensor:
+        _check_pair(pred, target)
+        emb_pred = self.encoder(arcface_crop(pred, landmarks, size=self.size))                        # [B,D]
+        with torch.no_grad():
+            target_crop = arcface_crop(area_resize(target, pred.shape[-1]), landmarks, size=self.size)
+            emb_target = self.encoder(target_crop)                                                     # [B,D]
+        return (1.0 - F.cosine_similarity(emb_pred, emb_target, dim=1, eps=1e-8)).mean()

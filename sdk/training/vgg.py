@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from otavatar.training._state_files import check_state, read_state_dict
+
 # torchvision's configuration "E" (VGG19): channel counts, "M" = 2x2 max-pool.
 _CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
                                512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
@@ -82,42 +84,12 @@ def _random_init(model: VGG19, seed: int) -> None:
                 module.bias.zero_()
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG19 weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (mapping name -> tensor), got {type(state).__name__}")
-    return state
-
-
 def _load_features(model: VGG19, state: dict[str, Tensor], source: str) -> None:
-    # Accept both a full torchvision vgg19 state dict and one saved from this module; classifier.* is ignored.
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    expected = model.state_dict()
+    # A full torchvision vgg19 state dict or one saved from this module: classifier.* is ignored, features.* strict.
     features = {k: v for k, v in state.items() if k.startswith("features.")}
-    missing = sorted(set(expected) - set(features), key=_key_order)
-    unexpected = sorted(set(features) - set(expected))
-    if missing or unexpected:
-        raise KeyError(f"{source}: VGG19 features keys do not match torchvision's vgg19 layout; "
-                       f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''} ({len(missing)}), "
-                       f"unexpected {unexpected[:6]} ({len(unexpected)})")
-    for key, ref in expected.items():
-        got = features[key]
-        if not isinstance(got, Tensor) or tuple(got.shape) != tuple(ref.shape):
-            shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
-            raise ValueError(f"{source}: {key} has shape {shape}, expected {tuple(ref.shape)}")
-        if not torch.isfinite(got).all():
-            raise ValueError(f"{source}: {key} contains non-finite values")
+    expected = model.state_dict()
+    check_state(expected, features, source, "torchvision vgg19 features")
     model.load_state_dict({k: features[k].to(torch.float32) for k in expected}, strict=True)
-
-
-def _key_order(key: str) -> tuple[int, str]:
-    parts = key.split(".")
-    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0, key)
 
 
 def vgg19(weights: str | os.PathLike | None = None, *, seed: int = 0) -> VGG19:
@@ -134,7 +106,7 @@ def vgg19(weights: str | os.PathLike | None = None, *, seed: int = 0) -> VGG19:
         _random_init(model, seed)
     else:
         path = Path(weights)
-        _load_features(model, _read_state_dict(path), str(path))
+        _load_features(model, read_state_dict(path, "VGG19"), str(path))
     model.eval()
     model.requires_grad_(False)
     return model

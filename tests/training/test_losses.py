@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, gram_matrix, pixel_loss
+from otavatar.training.arcface import arcface_resnet18
+from otavatar.training.losses import (ARCFACE_TEMPLATE_112, IdentityLoss, LossWeights, PerceptualLoss, arcface_crop,
+                                      area_resize, five_points, gram_matrix, pixel_loss, similarity_transform)
 from otavatar.training.vgg import vgg19
 
 
@@ -113,3 +115,105 @@ def test_perceptual_default_builds_random_vgg():
     assert isinstance(loss_fn.vgg, torch.nn.Module)
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     assert loss_fn(x, x).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------- identity
+
+
+def landmarks_with_five(points: torch.Tensor) -> torch.Tensor:
+    """[B,5,2] -> [B,68,2] whose derived 5 points are exactly `points` (other landmarks at the centroid)."""
+    lm = points.mean(dim=1, keepdim=True).repeat(1, 68, 1)
+    lm[:, 36] = lm[:, 39] = points[:, 0]
+    lm[:, 42] = lm[:, 45] = points[:, 1]
+    lm[:, 30], lm[:, 48], lm[:, 54] = points[:, 2], points[:, 3], points[:, 4]
+    return lm
+
+
+def template(size: int, batch: int = 2) -> torch.Tensor:
+    return (torch.tensor(ARCFACE_TEMPLATE_112) * (size / 112)).expand(batch, 5, 2).clone()
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    return 0.2989 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]
+
+
+@pytest.fixture(scope="module")
+def arcface():
+    torch.manual_seed(0)
+    return arcface_resnet18(None)
+
+
+def test_five_points_from_68():
+    lm = torch.randn(1, 68, 2)
+    pts = five_points(lm)
+    assert torch.allclose(pts[0, 0], (lm[0, 36] + lm[0, 39]) / 2) and torch.allclose(pts[0, 1], (lm[0, 42] + lm[0, 45]) / 2)
+    assert torch.equal(pts[0, 2:], lm[0, [30, 48, 54]])
+    assert torch.equal(five_points(landmarks_with_five(template(64))), template(64))
+
+
+def test_similarity_transform_recovers_rotation_scale_shift_and_refuses_reflection():
+    src = torch.randn(3, 5, 2, dtype=torch.float64)
+    angle = torch.tensor(0.3, dtype=torch.float64)
+    rot = torch.stack([torch.stack([angle.cos(), -angle.sin()]), torch.stack([angle.sin(), angle.cos()])])
+    dst = 1.7 * src @ rot.T + torch.tensor([4.0, -2.0], dtype=torch.float64)
+    m = similarity_transform(src, dst)
+    assert torch.allclose(m[:, :, :2], (1.7 * rot).expand(3, 2, 2), atol=1e-9)
+    assert torch.allclose(m[:, :, 2], torch.tensor([4.0, -2.0], dtype=torch.float64).expand(3, 2), atol=1e-9)
+    mirrored = dst * torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    assert (torch.linalg.det(similarity_transform(src, mirrored)[:, :, :2]) > 0).all()  # never a reflection
+
+
+def test_arcface_crop_is_identity_when_points_are_the_template():
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    crop = arcface_crop(images, landmarks_with_five(template(64)), size=64)
+    assert crop.shape == (2, 1, 64, 64)
+    assert torch.allclose(crop, grey(images), atol=1e-5)
+
+
+def test_arcface_crop_maps_the_five_points_onto_the_template():
+    """Dots drawn at the 5 derived points of a shifted, rotated, scaled face land on the template after cropping."""
+    size, big = 64, 96
+    angle = torch.tensor(0.2)
+    rot = torch.tensor([[angle.cos(), -angle.sin()], [angle.sin(), angle.cos()]])
+    pts = (template(size, 1) - size / 2) @ rot.T * 1.25 + torch.tensor([50.0, 44.0])   # [1,5,2] in a 96px image
+    images = -torch.ones(1, 3, big, big)
+    for x, y in pts[0].round().long().tolist():
+        images[0, :, y, x] = 1.0  # bright dots at whole pixels
+    pts = pts.round()
+    crop = arcface_crop(images, landmarks_with_five(pts), size=size)[0, 0]
+    expected = template(size, 1)[0]
+    for (tx, ty) in expected.tolist():
+        window = crop[int(ty) - 2:int(ty) + 3, int(tx) - 2:int(tx) + 3]
+        iy, ix = divmod(int(window.argmax()), 5)
+        assert abs(int(ty) - 2 + iy - ty) <= 1.0 and abs(int(tx) - 2 + ix - tx) <= 1.0
+    assert crop.max() > -0.5  # the dots survived the warp
+
+
+def test_arcface_crop_gradient_reaches_images_not_landmarks():
+    images = (torch.rand(1, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    lm = landmarks_with_five(template(32, 1) * 0.8 + 3).requires_grad_(True)
+    arcface_crop(images, lm, size=16).sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert lm.grad is None
+
+
+def test_arcface_crop_validates():
+    with pytest.raises(ValueError, match=r"\[B,68,2\]"):
+        arcface_crop(torch.zeros(1, 3, 32, 32), torch.zeros(1, 5, 2))
+    with pytest.raises(ValueError, match="coincide"):
+        arcface_crop(torch.zeros(1, 3, 32, 32), torch.zeros(1, 68, 2))
+
+
+def test_identity_loss_zero_positive_and_grad(arcface):
+    lm = landmarks_with_five(template(64) * 0.9 + 3)
+    target = torch.rand(2, 3, 128, 128) * 2 - 1
+    loss_fn = IdentityLoss(arcface)
+    same = area_resize(target, 64).requires_grad_(True)
+    assert loss_fn(same, target, lm).item() == pytest.approx(0.0, abs=1e-5)
+    pred = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    loss = loss_fn(pred, target, lm)
+    assert 0 < loss.item() <= 2
+    loss.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    assert all(p.grad is None for p in arcface.parameters())
+    assert not loss_fn.train().encoder.training
