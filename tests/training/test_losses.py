@@ -1,12 +1,16 @@
 """Training losses (spec 3.5): zero at pred == target, positive otherwise, gradients reach the prediction."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from otavatar.training.arcface import arcface_resnet18
-from otavatar.training.losses import (ARCFACE_TEMPLATE_112, IdentityLoss, LossWeights, PerceptualLoss, arcface_crop,
-                                      area_resize, five_points, gram_matrix, pixel_loss, similarity_transform)
+from otavatar.config import GeneratorConfig, RenderConfig
+from otavatar.training.losses import (ARCFACE_TEMPLATE_112, DensityLosses, IdentityLoss, LossWeights, PerceptualLoss,
+                                      arcface_crop, area_resize, crop_boxes, density_regularizers, five_points,
+                                      gram_matrix, local_loss, pixel_loss, similarity_transform)
 from otavatar.training.vgg import vgg19
 
 
@@ -217,3 +221,120 @@ def test_identity_loss_zero_positive_and_grad(arcface):
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     assert all(p.grad is None for p in arcface.parameters())
     assert not loss_fn.train().encoder.training
+
+
+# ------------------------------------------------------------------------------------------------------ local
+
+
+def face_landmarks(size: int, batch: int = 2) -> torch.Tensor:
+    """[B,68,2] with eyes around y = 0.31 S and the mouth around y = 0.72 S (boxes far apart); others at centre."""
+    lm = torch.full((68, 2), size / 2)
+    ring = torch.linspace(0, 2 * torch.pi, 7)[:6]
+    for start, cx in ((36, 0.3), (42, 0.7)):
+        lm[start:start + 6, 0] = size * cx + size * 0.08 * ring.cos()
+        lm[start:start + 6, 1] = size * 0.31 + size * 0.03 * ring.sin()
+    mouth = torch.linspace(0, 2 * torch.pi, 21)[:20]
+    lm[48:68, 0] = size * 0.5 + size * 0.12 * mouth.cos()
+    lm[48:68, 1] = size * 0.72 + size * 0.05 * mouth.sin()
+    return lm.expand(batch, 68, 2).clone()
+
+
+def test_crop_boxes_whole_image_is_identity_and_half_is_a_half():
+    x = torch.rand(1, 2, 16, 16)
+    whole = torch.tensor([[-0.5, -0.5, 15.5, 15.5]])
+    assert torch.allclose(crop_boxes(x, whole, 16), x, atol=1e-6)
+    left = torch.tensor([[-0.5, -0.5, 7.5, 15.5]])  # left half, stretched to 8 wide by 16 tall -> 8x8 grid
+    assert torch.allclose(crop_boxes(x, left, 8), torch.nn.functional.avg_pool2d(x[..., :8], (2, 1)), atol=1e-6)
+
+
+def test_local_loss_zero_positive_and_grad():
+    target = torch.rand(2, 3, 128, 128) * 2 - 1
+    lm = face_landmarks(64)
+    same = area_resize(target, 64).requires_grad_(True)
+    assert local_loss(same, target, lm).item() == pytest.approx(0.0, abs=1e-7)
+    pred = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    loss = local_loss(pred, target, lm)
+    assert loss.item() > 0
+    loss.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    # only the mouth and eye boxes receive gradient: the forehead row 2 and the chin row 62 get none
+    assert pred.grad[..., 2, :].abs().sum() == 0 and pred.grad[..., 62, :].abs().sum() == 0
+
+
+def test_local_loss_eye_term_is_live_when_only_eyes_differ():
+    """The published eye crops compared the target with itself (always 0); here eyes alone move the loss."""
+    target = torch.rand(1, 3, 64, 64) * 2 - 1
+    lm = face_landmarks(64, 1)
+    eyes_differ = target.clone()
+    eyes_differ[..., 10:30, :] = -eyes_differ[..., 10:30, :]   # rows of the eye boxes only (mouth box: 42-51)
+    mouth_differ = target.clone()
+    mouth_differ[..., 40:56, :] = -mouth_differ[..., 40:56, :]
+    assert local_loss(eyes_differ, target, lm).item() > 0.1
+    assert local_loss(mouth_differ, target, lm).item() > 0.1
+    assert local_loss(target, target, lm).item() == 0.0
+
+
+def test_local_loss_small_render_and_validation():
+    target = torch.rand(1, 3, 128, 128) * 2 - 1
+    pred = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert local_loss(pred, target, face_landmarks(32, 1)).item() > 0  # 8 px crops at 32^2
+    with pytest.raises(ValueError, match=r"\[B,68,2\]"):
+        local_loss(pred, target, torch.zeros(2, 68, 2))
+
+
+# ---------------------------------------------------------------------------------------------------- density
+
+
+def stub_generator(box_warp: float):
+    """sigma = feature channel 0 (so a plane ramp sets the density field directly)."""
+    return SimpleNamespace(config=SimpleNamespace(render=RenderConfig(box_warp=box_warp)),
+                           decoder=lambda f: (f[..., 1:], f[..., :1]))
+
+
+def z_ramp(slope_sign: float, p: int = 16) -> torch.Tensor:
+    """planes [1,3,2,P,P]: channel 0 of the XZ plane rises (sign +1) or falls (-1) linearly with z (its rows)."""
+    planes = torch.zeros(1, 3, 2, p, p)
+    planes[0, 1, 0] = slope_sign * torch.linspace(-1, 1, p)[:, None].expand(p, p)
+    return planes
+
+
+def test_density_zero_planes_give_zero_losses():
+    out = density_regularizers(stub_generator(1.0), torch.zeros(2, 3, 2, 8, 8), points=64)
+    assert isinstance(out, DensityLosses)
+    assert out.monotonic.item() == 0.0 and out.tv.item() == 0.0
+
+
+def test_monotonic_sign_penalises_density_falling_into_the_head():
+    """The head faces +z: density rising with z falls going into the head (-z) and is penalised; the mirror is not.
+
+    box_warp 4 keeps every point of [-1,1]^3 inside the cube, so the ramp is linear at all samples; expected value
+    = ramp slope (P/(P-1) per normalised unit) / 3 planes x dz (box_warp/256 world = 1/128 normalised)."""
+    gen = torch.Generator().manual_seed(0)
+    falling_inwards = density_regularizers(stub_generator(4.0), z_ramp(+1.0), points=256, rng=gen)
+    rising_inwards = density_regularizers(stub_generator(4.0), z_ramp(-1.0), points=256, rng=gen)
+    assert falling_inwards.monotonic.item() == pytest.approx(16 / 15 / 3 / 128, rel=1e-3)
+    assert rising_inwards.monotonic.item() == 0.0
+    assert falling_inwards.tv.item() > 0 and rising_inwards.tv.item() > 0
+
+
+def test_density_rng_reproducible():
+    planes = torch.randn(1, 3, 2, 8, 8)
+    a = density_regularizers(stub_generator(1.0), planes, points=32, rng=torch.Generator().manual_seed(5))
+    b = density_regularizers(stub_generator(1.0), planes, points=32, rng=torch.Generator().manual_seed(5))
+    assert torch.equal(a.monotonic, b.monotonic) and torch.equal(a.tv, b.tv)
+
+
+def test_density_gradients_reach_planes_and_decoder():
+    from otavatar.models.decoder import OSGDecoder
+
+    cfg = GeneratorConfig.tiny()
+    decoder = OSGDecoder(cfg.plane_channels, cfg.plane_channels, hidden=cfg.decoder_hidden)
+    generator = SimpleNamespace(config=cfg, decoder=decoder)
+    planes = torch.randn(1, 3, cfg.plane_channels, 16, 16, requires_grad=True)
+    out = density_regularizers(generator, planes, points=500, rng=torch.Generator().manual_seed(0))
+    assert out.monotonic.item() > 0 and out.tv.item() > 0
+    (out.monotonic + out.tv).backward()
+    assert planes.grad is not None and planes.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())
+    with pytest.raises(ValueError, match=r"\[B,3,C,P,P\]"):
+        density_regularizers(generator, torch.zeros(1, 2, 4, 8, 8))
