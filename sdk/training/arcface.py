@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from otavatar.training._state_files import check_state, read_state_dict

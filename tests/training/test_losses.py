@@ -150,7 +150,8 @@ def arcface():
 def test_five_points_from_68():
     lm = torch.randn(1, 68, 2)
     pts = five_points(lm)
-    assert torch.allclose(pts[0, 0], (lm[0, 36] + lm[0, 39]) / 2) and torch.allclose(pts[0, 1], (lm[0, 42] + lm[0, 45]) / 2)
+    assert torch.allclose(pts[0, 0], (lm[0, 36] + lm[0, 39]) / 2)
+    assert torch.allclose(pts[0, 1], (lm[0, 42] + lm[0, 45]) / 2)
     assert torch.equal(pts[0, 2:], lm[0, [30, 48, 54]])
     assert torch.equal(five_points(landmarks_with_five(template(64))), template(64))
 
