@@ -1,0 +1,365 @@
+"""Decoupling-by-inverting: train the motion controller (and fine-tune the generator) on talking-head videos.
+
+One iteration per batch of B videos x 2 frames (spec 3.4):
+
+(a) invert an identity code per video from w_avg, on both frames at once (each frame = w + C(its window)),
+    jointly with an 18-number intrinsics correction; `schedule="successive"` (published) steps w for the first
+    N_id = inversion_steps - controller_steps steps and only the controller for the last N_mo steps;
+    `schedule="joint"` (the paper's ablation) steps both at every step. The SR branch joins in the last sr_steps.
+(b) refine: for each frame, render the detached code + C(window) with both low-res and SR losses plus the
+    monotonic and TV density terms, and step the controller (AdamW) and the whole generator (Adam).
+(c) EMA (0.95) of both networks' parameters.
+
+Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
+backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
+synchronised: spec 3.6). Codes and intrinsics are per sample and stay local.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from otavatar.training.losses import LossWeights, density_regularizers
+from otavatar.training.objective import IntrinsicsCorrection, ReconstructionLoss, apply_intrinsics
+from otavatar.training.run import RunDir, image_grid, to_uint8
+
+__all__ = ["DecoupleConfig", "DecoupleResult", "PairSampler", "train_controller", "SCHEDULES"]
+
+SCHEDULES = ("successive", "joint")
+
+
+@dataclass(frozen=True)
+class DecoupleConfig:
+    iterations: int = 2000
+    batch: int = 4                     # videos per iteration (x 2 frames)
+    inversion_steps: int = 100         # per iteration (spec: 100)
+    controller_steps: int = 10         # N_mo: the last steps of the inversion train the controller (spec: 10)
+    sr_steps: int = 10                 # last inversion steps that also super-resolve (spec sr_iters: 10)
+    schedule: str = "successive"       # or "joint" (ablation: code and controller stepped together)
+    refine: bool = True                # step (b)
+    finetune_generator: bool = True    # step (b) also updates the generator
+    lr_code: float = 0.01
+    lr_intrinsics: float = 0.01
+    lr_controller: float = 1e-3
+    controller_betas: tuple[float, float] = (0.5, 0.999)
+    controller_weight_decay: float = 1.0
+    lr_generator: float = 1e-4
+    generator_betas: tuple[float, float] = (0.9, 0.9999)
+    ema: float = 0.95
+    grad_clip: float = 1.0
+    density_points: int = 2000
+    weights: LossWeights = field(default_factory=LossWeights)
+    preview_every: int = 50
+    checkpoint_every: int = 50
+    log_every: int = 1
+    seed: int = 0
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("iterations", "batch", "inversion_steps", "preview_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.controller_steps <= self.inversion_steps:
+            raise ValueError(f"controller_steps must be in [0, inversion_steps={self.inversion_steps}], "
+                             f"got {self.controller_steps}")
+        if not 0 <= self.sr_steps <= self.inversion_steps:
+            raise ValueError(f"sr_steps must be in [0, {self.inversion_steps}], got {self.sr_steps}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if isinstance(self.weights, dict):
+            object.__setattr__(self, "weights", LossWeights(**self.weights))
+
+    @property
+    def identity_steps(self) -> int:
+        """N_id (spec 3.4: 90 of 100)."""
+        return self.inversion_steps - self.controller_steps
+
+
+@dataclass
+class DecoupleResult:
+    generator: torch.nn.Module         # the EMA generator (what gets shipped)
+    controller: torch.nn.Module        # the EMA controller
+    iterations: int
+    seconds: float
+    final_loss: float
+    run_dir: Path
+
+
+@dataclass
+class Batch:
+    images: Tensor        # [B,2,3,R,R] in [-1,1]
+    windows: Tensor       # [B,2,70,27]
+    cameras: Tensor       # [B,2,25]
+    landmarks: Tensor     # [B,2,68,2] px of the R-px images
+
+
+class PairSampler:
+    """Spec 3.3: pick a training person, a random video of theirs, and 2 frames drawn with probability
+    proportional to |expression|_1 + 1e-3 (expressive frames favoured)."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, resolution: int | None = None, window: int = 27,
+                 split: str = "train") -> None:
+        from otavatar.coeffs import windows
+        from otavatar.training.lmdb_dataset import LmdbDataset, person_id
+
+        self.data = LmdbDataset(data_dir, resolution)
+        videos = {"train": self.data.train, "test": self.data.test}[split]
+        if not videos:
+            raise ValueError(f"{data_dir}: the {split} split has no videos")
+        self.by_person: dict[str, list[str]] = {}
+        for v in videos:
+            self.by_person.setdefault(person_id(v), []).append(v)
+        self.persons = sorted(self.by_person)
+        self._cache = {}
+        for v in videos:
+            coeffs = self.data.coeffs(v)
+            exp = np.abs(coeffs[:, 80:144]).sum(1) + 1e-3
+            self._cache[v] = (windows(coeffs, window=window), self.data.cameras(v), exp / exp.sum())
+
+    def sample(self, batch: int, rng: np.random.Generator) -> Batch:
+        persons = rng.choice(len(self.persons), batch, replace=batch > len(self.persons))
+        out: dict[str, list] = {"images": [], "windows": [], "cameras": [], "landmarks": []}
+        for p in persons:
+            options = self.by_person[self.persons[p]]
+            video = options[rng.integers(len(options))]
+            win, cams, prob = self._cache[video]
+            frames = rng.choice(len(prob), 2, replace=False, p=prob)
+            imgs = np.stack([self.data.frame(video, int(f)) for f in frames])
+            res = imgs.shape[1]
+            out["images"].append(imgs)
+            out["windows"].append(win[frames])
+            out["cameras"].append(cams[frames])
+            out["landmarks"].append(self.data.keypoints(video, resolution=res)[frames])
+        images = torch.from_numpy(np.stack(out["images"])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        return Batch(images=images, windows=torch.from_numpy(np.stack(out["windows"])),
+                     cameras=torch.from_numpy(np.stack(out["cameras"])).float(),
+                     landmarks=torch.from_numpy(np.stack(out["landmarks"])).float())
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sync(params) -> None:
+    """Average gradients over processes (explicit, so it cannot be skipped as in the published trainer)."""
+    import torch.distributed as dist
+
+    rank, world = _world()
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+def _broadcast(module: torch.nn.Module) -> None:
+    import torch.distributed as dist
+
+    if _world()[1] > 1:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def _ema_update(ema: torch.nn.Module, current: torch.nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * current, parameters only (buffers not averaged: spec 3.6)."""
+    with torch.no_grad():
+        for e, c in zip(ema.parameters(), current.parameters()):
+            e.lerp_(c, 1 - decay)
+
+
+def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_dir: str | os.PathLike,
+                     config: DecoupleConfig = DecoupleConfig(), *, resume: bool = False, progress: bool = True,
+                     vgg_weights: str | os.PathLike | None = None, identity_encoder: str | None = "synthheads",
+                     on_iteration: Callable[[int, dict], None] | None = None) -> DecoupleResult:
+    """Train a controller (and fine-tune the generator) from the generator in `prior` (an otavatar weights file;
+    a controller in it is used as the start, else a fresh one of the matching preset)."""
+    from otavatar.config import ControllerConfig
+    from otavatar.models import MotionController
+    from otavatar.weights import load_models
+
+    rank, world = _world()
+    loaded = load_models(prior)
+    if loaded.generator is None:
+        raise ValueError(f"{prior}: holds no generator")
+    generator = loaded.generator.train()
+    gcfg = generator.config
+    if loaded.controller is not None:
+        controller = loaded.controller.train()
+    else:
+        torch.manual_seed(config.seed)
+        controller = MotionController(ControllerConfig(num_ws=gcfg.num_ws, w_dim=gcfg.w_dim,
+                                                       descriptor_channels=min(256, 2 * gcfg.w_dim))).train()
+    sampler = PairSampler(data_dir, window=controller.config.window)
+    if rank == 0:
+        run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world}, resume=resume)
+    opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
+                              weight_decay=config.controller_weight_decay)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
+    ema_g, ema_c = copy.deepcopy(generator).eval(), copy.deepcopy(controller).eval()
+    start, seconds = 0, 0.0
+    if resume and rank == 0 and run.has_checkpoint():
+        models, extra, state = run.load({"generator": opt_g, "controller": opt_c})
+        generator.load_state_dict(models.generator.state_dict())
+        controller.load_state_dict(models.controller.state_dict())
+        for prefix, module in (("ema_generator.", ema_g), ("ema_controller.", ema_c)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)})
+        start, seconds = state["step"], state["seconds"]
+    if world > 1:
+        import torch.distributed as dist
+
+        for m in (generator, controller, ema_g, ema_c):
+            _broadcast(m)
+        box = [start, seconds]
+        dist.broadcast_object_list(box, src=0)
+        start, seconds = box
+    losses = ReconstructionLoss.from_files(generator, vgg_weights=vgg_weights, identity_encoder=identity_encoder,
+                                           weights=config.weights)
+    rng = np.random.default_rng(config.seed * 1000 + rank)     # each process draws its own videos
+    dens_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.iterations, initial=start, unit="it", desc=f"controller ({config.schedule})",
+                   dynamic_ncols=True)
+    t0 = time.perf_counter() - seconds
+    last = math.nan
+    done = start
+    for it in range(start, config.iterations):
+        batch = sampler.sample(config.batch, rng)
+        values, preview = _iteration(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng)
+        _ema_update(ema_g, generator, config.ema)
+        _ema_update(ema_c, controller, config.ema)
+        last = values["refine"] if config.refine else values["inversion"]
+        if not math.isfinite(last):
+            raise FloatingPointError(f"iteration {it}: the loss became {last}")
+        done = it + 1
+        out_of_time = config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes
+        if world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(out_of_time)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)     # every rank stops at the same iteration
+            out_of_time = bool(flag.item())
+        if rank == 0:
+            if done % config.log_every == 0:
+                run.log(done, values)
+            if on_iteration is not None:
+                on_iteration(done, values)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last:.4f}")
+            if done % config.preview_every == 0:
+                run.preview(done, image_grid([to_uint8(batch.images[:, 0]), to_uint8(preview)]))
+            if done % config.checkpoint_every == 0 or done == config.iterations or out_of_time:
+                _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c)
+        if out_of_time:
+            break
+    if bar is not None:
+        bar.close()
+    return DecoupleResult(generator=ema_g, controller=ema_c, iterations=done, seconds=time.perf_counter() - t0,
+                          final_loss=last, run_dir=Path(out_dir))
+
+
+def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c) -> None:
+    extra = {f"ema_generator.{k}": v for k, v in ema_g.state_dict().items()}
+    extra.update({f"ema_controller.{k}": v for k, v in ema_c.state_dict().items()})
+    run.save(step=step, seconds=seconds, models={"generator": generator, "controller": controller}, extra=extra,
+             optimizers={"generator": opt_g, "controller": opt_c}, info={"kind": "decouple"})
+    from otavatar.weights import save_models
+
+    save_models(run.path / "ema.safetensors", generator=ema_g, controller=ema_c,
+                metadata={"step": step, "kind": "decouple-ema"})
+
+
+def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, config: DecoupleConfig,
+               opt_c, opt_g, dens_rng) -> tuple[dict[str, float], Tensor]:
+    cfg = generator.config
+    b = batch.images.shape[0]
+    images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video
+    windows = batch.windows.flatten(0, 1)                # [2B,70,27]
+    cameras = batch.cameras.flatten(0, 1)                # [2B,25]
+    landmarks = batch.landmarks.flatten(0, 1)            # [2B,68,2]
+    w_avg = generator.w_avg.detach()
+    code = w_avg.expand(b, 1, cfg.w_dim).clone().requires_grad_(True)       # [B,1,w_dim] (W space)
+    correction = IntrinsicsCorrection(b)
+    opt_w = torch.optim.Adam([code], lr=config.lr_code, betas=(0.9, 0.999))
+    opt_k = torch.optim.AdamW(correction.parameters(), lr=config.lr_intrinsics, betas=(0.9, 0.9999),
+                              weight_decay=0.0)
+    for g in opt_c.param_groups:          # spec 3.6: the controller's lr is reset every iteration
+        g["lr"] = config.lr_controller
+    generator.requires_grad_(False)
+    w = config.weights
+    inv_loss = math.nan
+    for i in range(config.inversion_steps):
+        train_controller_now = config.schedule == "joint" or i >= config.identity_steps
+        train_code_now = config.schedule == "joint" or i < config.identity_steps
+        sr = i >= config.inversion_steps - config.sr_steps
+        with torch.set_grad_enabled(train_controller_now):
+            motion = controller(windows)                                       # [2B,num_ws,w_dim]
+        ws = code.repeat_interleave(2, dim=0).expand(-1, cfg.num_ws, -1) + motion
+        cam = apply_intrinsics(cameras, correction.value.repeat_interleave(2, dim=0))   # [2B,25]
+        rec = losses(generator, ws, cam, images, landmarks, super_resolve=sr)
+        dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
+        loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv
+        opt_w.zero_grad(set_to_none=True)
+        opt_k.zero_grad(set_to_none=True)
+        opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        if train_code_now:
+            torch.nn.utils.clip_grad_norm_([code], config.grad_clip)
+            opt_w.step()
+            opt_k.step()
+        if train_controller_now:
+            _sync(controller.parameters())
+            torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
+            opt_c.step()
+        inv_loss = float(loss)
+    values = {"inversion": inv_loss}
+    preview = rec.image if rec.image is not None else rec.image_raw
+    code = code.detach()
+    if config.refine:
+        generator.requires_grad_(config.finetune_generator)
+        total = 0.0
+        for f in range(2):
+            sel = torch.arange(b) * 2 + f
+            motion = controller(windows[sel])
+            ws = code.expand(-1, cfg.num_ws, -1) + motion
+            cam = correction(cameras[sel]).detach()
+            rec = losses(generator, ws, cam, images[sel], landmarks[sel], super_resolve=True)
+            dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
+            loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv
+            opt_c.zero_grad(set_to_none=True)
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            _sync(controller.parameters())
+            torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
+            opt_c.step()
+            if config.finetune_generator:
+                _sync(generator.parameters())
+                torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
+                opt_g.step()
+            total += float(loss)
+            if f == 0:
+                preview = rec.image
+            values.update({f"{k}_f{f}": v for k, v in rec.terms.items()})
+        values["refine"] = total / 2
+    generator.requires_grad_(True)
+    return values, preview.detach()

@@ -1,0 +1,186 @@
+"""Generator prior: the `tiny` TriplaneGenerator trained as a multi-view auto-decoder on SynthHeads.
+
+The published method fine-tunes an EG3D generator pre-trained (as a GAN) on FFHQ. No such generator exists for
+SynthHeads, and a GAN is out of reach on a 2-core CPU, so the prior is learnt by auto-decoding: every training
+frame owns a free W code (one 512-d... here w_dim-d vector, broadcast to all num_ws layers, so the prior's codes
+live in W as EG3D's inversion starts there); each step draws frames, renders each one's code from several cameras
+of the SAME expression (`multiview.py`) and pulls the renders towards the truth with the losses of spec 3.5
+(pixel + perceptual, low-res and super-resolved, plus the density regularisers). Codes and generator are
+optimised together. Afterwards `w_avg` is set to the mean code, the start point of every inversion.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, pixel_loss
+from otavatar.training.multiview import MultiviewSet
+from otavatar.training.run import RunDir, image_grid, to_uint8
+
+__all__ = ["PriorConfig", "PriorResult", "train_prior"]
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    preset: str = "tiny"
+    steps: int = 3000
+    batch: int = 4                    # frames per step
+    views: int = 2                    # cameras rendered per frame per step (drawn from the set's views)
+    lr_generator: float = 2e-3        # StyleGAN2's 0.0025, a little lower: no discriminator to balance
+    lr_codes: float = 1e-2
+    betas: tuple[float, float] = (0.0, 0.99)
+    code_init_std: float = 0.1
+    sr_weight: float = 1.0            # weight of the super-resolved terms relative to the low-res ones
+    # The VGG19 pass dominates a CPU step (~8 GFLOP per 128^2 image up to relu4_1, x4 for forward, backward and
+    # target): the super-resolved image is area-downsampled to this size for its perceptual term (None = full).
+    sr_perceptual_size: int | None = 32
+    perceptual_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    losses: LossWeights = field(default_factory=LossWeights)
+    grad_clip: float = 1.0
+    preview_every: int = 250
+    checkpoint_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    max_minutes: float | None = None  # stop early (and checkpoint) after this much wall time
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("tiny", "official"):
+            raise ValueError(f"preset must be 'tiny' or 'official', got {self.preset!r}")
+        for name in ("steps", "batch", "views", "preview_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if isinstance(self.losses, dict):
+            object.__setattr__(self, "losses", LossWeights(**self.losses))
+
+
+@dataclass
+class PriorResult:
+    generator: torch.nn.Module
+    codes: Tensor                     # [N, w_dim]
+    steps: int
+    seconds: float
+    final_loss: float
+    run_dir: Path
+
+
+def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorConfig = PriorConfig(), *,
+                resume: bool = False, progress: bool = True, vgg_weights: str | os.PathLike | None = None,
+                on_step: Callable[[int, dict], None] | None = None) -> PriorResult:
+    from otavatar.models import TriplaneGenerator
+    from otavatar.training.vgg import vgg19
+
+    if data.views < config.views:
+        raise ValueError(f"config.views={config.views} but the data has only {data.views} views per frame")
+    run = RunDir(out_dir, {"prior": config, "frames": len(data), "resolution": data.resolution}, resume=resume)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = getattr(TriplaneGenerator, config.preset)().train()
+    if generator.config.img_resolution != data.resolution:
+        raise ValueError(f"the {config.preset} generator outputs {generator.config.img_resolution}px images but the "
+                         f"data is {data.resolution}px; render the multiview set at that resolution")
+    w_dim = generator.config.w_dim
+    codes = torch.nn.Parameter(torch.randn(len(data), w_dim) * config.code_init_std)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas)
+    opt_c = torch.optim.Adam([codes], lr=config.lr_codes, betas=config.betas)
+    start, seconds = 0, 0.0
+    if resume and run.has_checkpoint():
+        models, extra, state = run.load({"generator": opt_g, "codes": opt_c})
+        generator.load_state_dict(models.generator.state_dict())
+        with torch.no_grad():
+            codes.copy_(extra["codes"])
+        start, seconds = state["step"], state["seconds"]
+    vgg = vgg19(vgg_weights)
+    lowres = PerceptualLoss(vgg, layers=config.perceptual_layers, num_scales=2, style_weight=config.losses.style)
+    highres = PerceptualLoss(vgg, layers=config.perceptual_layers, num_scales=2, style_weight=config.losses.style)
+    r_lo = generator.config.render.resolution
+
+    images = torch.from_numpy(data.images)                 # [N,V,R,R,3] uint8, converted per batch
+    cameras = torch.from_numpy(data.cameras)               # [N,V,25]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, unit="step", desc="prior", dynamic_ncols=True)
+    t0 = time.perf_counter() - seconds
+    loss_value = math.nan
+    step = start
+    for step in range(start, config.steps):
+        frames = torch.from_numpy(rng.choice(len(data), config.batch, replace=False))
+        views = torch.from_numpy(np.stack([rng.choice(data.views, config.views, replace=False)
+                                           for _ in range(config.batch)]))           # [B,Vb]
+        target = images[frames[:, None], views].flatten(0, 1)                        # [B*Vb,R,R,3]
+        target = target.permute(0, 3, 1, 2).float() / 127.5 - 1                      # [B*Vb,3,R,R]
+        cam = cameras[frames[:, None], views].flatten(0, 1)                           # [B*Vb,25]
+
+        ws = codes[frames][:, None].expand(-1, generator.config.num_ws, -1)          # [B,num_ws,w_dim]
+        planes = generator.planes(ws)                                                 # [B,3,C,P,P]
+        planes_v = planes.repeat_interleave(config.views, dim=0)
+        ws_v = ws.repeat_interleave(config.views, dim=0)
+        rendered = generator.render_planes(planes_v, cam)
+        raw = rendered.image_raw                                                      # [B*Vb,3,r,r]
+        image = generator.super_resolve(raw, rendered.features, ws_v)                 # [B*Vb,3,R,R]
+        w = config.losses
+        terms = {
+            "pixel_lo": w.pixel * pixel_loss(raw, target),
+            "percep_lo": w.perceptual * lowres(raw, target),
+            "pixel_sr": config.sr_weight * w.pixel * pixel_loss(image, target),
+            "percep_sr": config.sr_weight * w.perceptual * highres(_shrink(image, config.sr_perceptual_size), target),
+        }
+        if w.monotonic or w.tv:
+            from otavatar.training.losses import density_regularizers
+
+            dens = density_regularizers(generator, planes)
+            terms["monotonic"] = w.monotonic * dens.monotonic
+            terms["tv"] = w.tv * dens.tv
+        loss = sum(terms.values())
+        opt_g.zero_grad(set_to_none=True)
+        opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
+        opt_g.step()
+        opt_c.step()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"prior step {step}: loss became {loss_value}; lower the learning rates")
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            values = {k: float(v) for k, v in terms.items()} | {"loss": loss_value}
+            run.log(done, values)
+            if on_step is not None:
+                on_step(done, values)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if done % config.preview_every == 0:
+            run.preview(done, image_grid([to_uint8(target[:8]), to_uint8(image[:8]), to_uint8(raw[:8])]))
+        out_of_time = config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes
+        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
+            _set_w_avg(generator, codes)
+            run.save(step=done, seconds=time.perf_counter() - t0, models={"generator": generator},
+                     extra={"codes": codes}, optimizers={"generator": opt_g, "codes": opt_c},
+                     info={"kind": "prior", "frames": len(data)})
+        if out_of_time:
+            break
+    if bar is not None:
+        bar.close()
+    _set_w_avg(generator, codes)
+    return PriorResult(generator=generator.eval(), codes=codes.detach().clone(), steps=step + 1,
+                       seconds=time.perf_counter() - t0, final_loss=loss_value, run_dir=run.path)
+
+
+def _shrink(image: Tensor, size: int | None) -> Tensor:
+    return image if size is None or size >= image.shape[-1] else area_resize(image, size)
+
+
+def _set_w_avg(generator, codes: Tensor) -> None:
+    """Inversion starts at w_avg (spec 4.2); for an auto-decoded prior that is the mean code."""
+    with torch.no_grad():
+        generator.backbone.mapping.w_avg.copy_(codes.mean(0))

@@ -1,0 +1,129 @@
+"""What every training run shares: a run folder with resumable checkpoints, JSONL metrics and preview PNGs.
+
+    run/
+      config.json            the run's frozen config (a resumed run must match it)
+      checkpoint.safetensors models (our weights format) - written atomically
+      extra.safetensors      other tensors of the run (auto-decoder codes, EMA copies, ...)
+      optim.pt               optimiser states, loaded back with torch.load(weights_only=True)
+      state.json             step, seconds so far
+      metrics.jsonl          one JSON object per logged step
+      preview/step_XXXXXXX.png
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from otavatar.weights.io import _atomic_write
+
+__all__ = ["RunDir", "image_grid", "to_uint8"]
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in [-1,1] -> uint8 [B,H,W,3] (rounded, as the SDK writes frames)."""
+    x = (images.detach().float().clamp(-1, 1) + 1) * 127.5
+    return (x + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(rows: list[np.ndarray]) -> np.ndarray:
+    """rows of uint8 [N,H,W,3] (images resized to the first row's size by nearest) -> one uint8 image."""
+    size = rows[0].shape[1]
+    out = []
+    for row in rows:
+        if row.shape[1] != size:
+            idx = (np.arange(size) * row.shape[1] // size)
+            row = row[:, idx][:, :, idx]
+        out.append(np.concatenate(list(row), axis=1))
+    return np.concatenate(out, axis=0)
+
+
+class RunDir:
+    """A training run's folder (module docstring). `resume=True` continues a run; otherwise an existing
+    checkpoint is refused, so a finished run is never overwritten by accident."""
+
+    def __init__(self, path: str | os.PathLike, config: Any, *, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.config = asdict(config) if is_dataclass(config) else dict(config)
+        self.path.mkdir(parents=True, exist_ok=True)
+        config_file = self.path / "config.json"
+        if (self.path / "state.json").exists():
+            if not resume:
+                raise FileExistsError(f"{self.path} already holds a run; pass resume=True (--resume) to continue "
+                                      "it or choose another folder")
+            saved = json.loads(config_file.read_text())
+            if _jsonable(saved) != _jsonable(self.config):
+                diff = sorted(k for k in set(saved) | set(self.config) if _jsonable(saved.get(k)) != _jsonable(self.config.get(k)))
+                raise ValueError(f"{self.path}: the run was started with a different config (differs in {diff})")
+        else:
+            _write_text(config_file, json.dumps(_jsonable(self.config), indent=2, sort_keys=True))
+        self.started = time.perf_counter()
+
+    # -- state ------------------------------------------------------------------------------------------
+    def has_checkpoint(self) -> bool:
+        return (self.path / "state.json").exists()
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.path / "state.json").read_text())
+
+    def save(self, *, step: int, seconds: float, models: Mapping[str, Any], extra: Mapping[str, torch.Tensor],
+             optimizers: Mapping[str, torch.optim.Optimizer], info: Mapping[str, Any] | None = None) -> None:
+        """models: keyword arguments of `otavatar.weights.save_models` (generator=, controller=)."""
+        from safetensors.torch import save_file
+
+        from otavatar.weights import save_models
+
+        save_models(self.path / "checkpoint.safetensors", metadata={"step": step, **(info or {})}, **models)
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in extra.items()}
+        if tensors:
+            _atomic_write(self.path / "extra.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+        _atomic_write(self.path / "optim.pt",
+                      lambda tmp: torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp))
+        # state.json last: a run is resumable only once everything it names is on disk
+        _write_text(self.path / "state.json", json.dumps({"step": step, "seconds": seconds}))
+
+    def load(self, optimizers: Mapping[str, torch.optim.Optimizer]):
+        """-> (LoadedModels, extra tensors, state dict); optimiser states are loaded in place."""
+        from safetensors.torch import load_file
+
+        from otavatar.weights import load_models
+
+        models = load_models(self.path / "checkpoint.safetensors")
+        extra_file = self.path / "extra.safetensors"
+        extra = load_file(str(extra_file)) if extra_file.exists() else {}
+        states = torch.load(self.path / "optim.pt", weights_only=True)
+        for name, opt in optimizers.items():
+            if name not in states:
+                raise ValueError(f"{self.path / 'optim.pt'}: no state for optimiser {name!r}")
+            opt.load_state_dict(states[name])
+        return models, extra, self.state()
+
+    # -- logging ----------------------------------------------------------------------------------------
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        row = {"step": step, "time": round(time.perf_counter() - self.started, 3)}
+        row.update({k: float(v) for k, v in values.items()})
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def preview(self, step: int, grid: np.ndarray) -> Path:
+        from PIL import Image
+
+        folder = self.path / "preview"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"step_{step:07d}.png"
+        Image.fromarray(grid).save(path)
+        return path
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
