@@ -154,8 +154,8 @@ def _decode_bytes(data: bytes, label: str, allowed: frozenset[str], max_bytes: i
         raise ImageTooLargeError(f"{label}: the header declares too many pixels (limit {max_pixels:,}, "
                                  f"max_pixels): {err}") from None
     except _DECODE_ERRORS as err:
-        raise ImageDecodeError(f"{label}: not a readable image ({type(err).__name__}: {err}); "
-                               f"first bytes {data[:8]!r}") from None
+        raise ImageDecodeError(f"{label}: not a readable image ({type(err).__name__}: {err}); not an image, "
+                               f"or corrupt or truncated (first bytes {data[:8]!r})") from None
     with image:
         return _decode_pil(image, label, allowed, max_pixels)
 
