@@ -3,6 +3,7 @@
     from otavatar.weights import save_models, load_models, convert_official, WeightsError
     save_models("avatar.safetensors", generator=G, controller=C, metadata={"note": "..."})
     loaded = load_models("avatar.safetensors")          # LoadedModels(generator, controller, metadata)
+    G, C = load_default()                               # the embedded SynthHeads-trained tiny model
     report = convert_official(["ffhqrebalanced512-64.pth", "otavatar.pt"], "otavatar.safetensors")
 
 Names are resolved on first use, so `from otavatar.weights.state import WeightsError` does not import the
@@ -20,10 +21,12 @@ _EXPORTS = {
     "convert_official": "convert", "load_official": "convert", "read_official": "convert",
     "detect_preset": "convert", "sniff_format": "convert",
     "NetworkPickle": "pickle_safe", "read_network_pickle": "pickle_safe", "safe_load_pickle": "pickle_safe",
+    "load_default": "default", "default_path": "default",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from .default import default_path, load_default
     from .convert import (ConversionReport, OfficialCheckpoint, OfficialModels, convert_official, detect_preset,
                           load_official, read_official, sniff_format)
     from .io import FORMAT_VERSION, LoadedModels, load_models, read_header, save_models
