@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from otavatar.training.probe import (
-    DEFAULT_PROBE, FaceProbe, ProbeConfig, load_probe, load_synth_frames, random_similarity, save_probe,
+    DEFAULT_PROBE, FaceProbe, ProbeConfig, load_probe, load_synth_frames, random_similarity, save_network,
     train_probe, warp,
 )
 
@@ -63,8 +63,14 @@ def test_micro_training_lowers_loss_and_round_trips(micro_dataset, tmp_path):
     assert not any(p.requires_grad for p in loaded.parameters())
     imgs = frames.images[:2]
     a, b = probe.predict(imgs), loaded.predict(imgs)
-    np.testing.assert_allclose(a.landmarks, b.landmarks, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(a.controls, b.controls, rtol=0, atol=1e-6)
+    # float16 storage: ~5e-4 relative per weight; 0.05 px at 32 px is 0.16% of the side
+    np.testing.assert_allclose(a.landmarks, b.landmarks, rtol=0, atol=0.05)
+    np.testing.assert_allclose(a.controls, b.controls, rtol=0, atol=5e-3)
+    exact = tmp_path / "exact.safetensors"
+    save_network(exact, probe, kind="otavatar.face_probe", config=probe.config, half=False)
+    c = load_probe(exact).predict(imgs)
+    np.testing.assert_array_equal(a.landmarks, c.landmarks)
+    np.testing.assert_array_equal(a.controls, c.controls)
 
 
 def test_load_refuses_other_files(tmp_path):
