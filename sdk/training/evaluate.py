@@ -143,7 +143,8 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
 
         probe = load_probe()
     truth_path = Path(truth_npz)
-    truth = np.load(truth_path)
+    with np.load(truth_path) as z:
+        truth = {k: z[k] for k in z.files}          # an NpzFile would re-read an array on every access
     names = [str(v) for v in truth["videos"]]
     index = {v: i for i, v in enumerate(names)}
     pairs = default_pairs(truth) if pairs is None else [(str(s), str(d)) for s, d in pairs]
@@ -164,7 +165,7 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
         for s, d in pairs:
             i_s, i_d = index[s], index[d]
             t = min(int(frames), int(truth["controls"].shape[1]))
-            image = ds.frame(s, 0)                                            # uint8 [r,r,3]
+            image = np.array(ds.frame(s, 0))                                  # uint8 [r,r,3], writable
             coeffs = ds.controller_input(s)[0]                                # [70]
             camera = ds.cameras(s)[0]                                         # [25]
             landmarks = ds.keypoints(s, resolution=image.shape[0])[0]         # [68,2] px of `image`
