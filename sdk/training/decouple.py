@@ -57,6 +57,7 @@ class DecoupleConfig:
     ema: float = 0.95
     grad_clip: float = 1.0
     density_points: int = 2000
+    sr_perceptual_size: int | None = None   # None = full size (published); CPU runs: 64 (see ReconstructionLoss)
     weights: LossWeights = field(default_factory=LossWeights)
     preview_every: int = 50
     checkpoint_every: int = 50
@@ -126,6 +127,9 @@ class PairSampler:
             coeffs = self.data.coeffs(v)
             exp = np.abs(coeffs[:, 80:144]).sum(1) + 1e-3
             self._cache[v] = (windows(coeffs, window=window), self.data.cameras(v), exp / exp.sum())
+
+    def close(self) -> None:
+        self.data.close()
 
     def sample(self, batch: int, rng: np.random.Generator) -> Batch:
         persons = rng.choice(len(self.persons), batch, replace=batch > len(self.persons))
@@ -206,7 +210,6 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         torch.manual_seed(config.seed)
         controller = MotionController(ControllerConfig(num_ws=gcfg.num_ws, w_dim=gcfg.w_dim,
                                                        descriptor_channels=min(256, 2 * gcfg.w_dim))).train()
-    sampler = PairSampler(data_dir, window=controller.config.window)
     if rank == 0:
         run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world}, resume=resume)
     opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
@@ -230,7 +233,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         dist.broadcast_object_list(box, src=0)
         start, seconds = box
     losses = ReconstructionLoss.from_files(generator, vgg_weights=vgg_weights, identity_encoder=identity_encoder,
-                                           weights=config.weights)
+                                           weights=config.weights, sr_perceptual_size=config.sr_perceptual_size)
     rng = np.random.default_rng(config.seed * 1000 + rank)     # each process draws its own videos
     dens_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
     bar = None
@@ -242,36 +245,40 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     t0 = time.perf_counter() - seconds
     last = math.nan
     done = start
-    for it in range(start, config.iterations):
-        batch = sampler.sample(config.batch, rng)
-        values, preview = _iteration(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng)
-        _ema_update(ema_g, generator, config.ema)
-        _ema_update(ema_c, controller, config.ema)
-        last = values["refine"] if config.refine else values["inversion"]
-        if not math.isfinite(last):
-            raise FloatingPointError(f"iteration {it}: the loss became {last}")
-        done = it + 1
-        out_of_time = config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes
-        if world > 1:
-            import torch.distributed as dist
+    sampler = PairSampler(data_dir, window=controller.config.window)   # opened last: closed in `finally`
+    try:
+        for it in range(start, config.iterations):
+            batch = sampler.sample(config.batch, rng)
+            values, preview = _iteration(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng)
+            _ema_update(ema_g, generator, config.ema)
+            _ema_update(ema_c, controller, config.ema)
+            last = values["refine"] if config.refine else values["inversion"]
+            if not math.isfinite(last):
+                raise FloatingPointError(f"iteration {it}: the loss became {last}")
+            done = it + 1
+            out_of_time = config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes
+            if world > 1:
+                import torch.distributed as dist
 
-            flag = torch.tensor([float(out_of_time)])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)     # every rank stops at the same iteration
-            out_of_time = bool(flag.item())
-        if rank == 0:
-            if done % config.log_every == 0:
-                run.log(done, values)
-            if on_iteration is not None:
-                on_iteration(done, values)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{last:.4f}")
-            if done % config.preview_every == 0:
-                run.preview(done, image_grid([to_uint8(batch.images[:, 0]), to_uint8(preview)]))
-            if done % config.checkpoint_every == 0 or done == config.iterations or out_of_time:
-                _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c)
-        if out_of_time:
-            break
+                flag = torch.tensor([float(out_of_time)])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)     # every rank stops at the same iteration
+                out_of_time = bool(flag.item())
+            if rank == 0:
+                if done % config.log_every == 0:
+                    run.log(done, values)
+                if on_iteration is not None:
+                    on_iteration(done, values)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last:.4f}")
+                if done % config.preview_every == 0:
+                    run.preview(done, image_grid([to_uint8(batch.images[:, 0]), to_uint8(preview)]))
+                if done % config.checkpoint_every == 0 or done == config.iterations or out_of_time:
+                    _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c)
+            if out_of_time:
+                break
+    finally:
+        sampler.close()
     if bar is not None:
         bar.close()
     return DecoupleResult(generator=ema_g, controller=ema_c, iterations=done, seconds=time.perf_counter() - t0,
@@ -331,7 +338,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             _sync(controller.parameters())
             torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
             opt_c.step()
-        inv_loss = float(loss)
+        inv_loss = float(loss.detach())
     values = {"inversion": inv_loss}
     preview = rec.image if rec.image is not None else rec.image_raw
     code = code.detach()

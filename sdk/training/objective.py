@@ -133,5 +133,5 @@ class ReconstructionLoss(nn.Module):
             image = generator.super_resolve(raw, rendered.features, ws)
             terms.update(self.terms(image, target, landmarks, "sr", self.high))
         loss = sum(terms.values()) if terms else raw.new_zeros(())
-        return Reconstruction(loss=loss, terms={k: float(v) for k, v in terms.items()}, image_raw=raw, image=image,
+        return Reconstruction(loss=loss, terms={k: float(v.detach()) for k, v in terms.items()}, image_raw=raw, image=image,
                               planes=planes)

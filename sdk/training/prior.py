@@ -73,7 +73,7 @@ class PriorResult:
 
 def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorConfig = PriorConfig(), *,
                 resume: bool = False, progress: bool = True, vgg_weights: str | os.PathLike | None = None,
-                on_step: Callable[[int, dict], None] | None = None) -> PriorResult:
+                init_from: str | os.PathLike | None = None, on_step: Callable[[int, dict], None] | None = None) -> PriorResult:
     from otavatar.models import TriplaneGenerator
     from otavatar.training.vgg import vgg19
 
@@ -91,6 +91,19 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas)
     opt_c = torch.optim.Adam([codes], lr=config.lr_codes, betas=config.betas)
     start, seconds = 0, 0.0
+    if init_from is not None and not (resume and run.has_checkpoint()):
+        # warm start from another prior run (e.g. a change of losses part-way): its generator and codes
+        from safetensors.torch import load_file
+
+        from otavatar.weights import load_models
+
+        generator.load_state_dict(load_models(Path(init_from) / "checkpoint.safetensors").generator.state_dict())
+        init_codes = load_file(str(Path(init_from) / "extra.safetensors"))["codes"]
+        if init_codes.shape != codes.shape:
+            raise ValueError(f"{init_from}: codes {tuple(init_codes.shape)} do not match this data's "
+                             f"{tuple(codes.shape)}")
+        with torch.no_grad():
+            codes.copy_(init_codes)
     if resume and run.has_checkpoint():
         models, extra, state = run.load({"generator": opt_g, "codes": opt_c})
         generator.load_state_dict(models.generator.state_dict())
@@ -128,12 +141,12 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         raw = rendered.image_raw                                                      # [B*Vb,3,r,r]
         image = generator.super_resolve(raw, rendered.features, ws_v)                 # [B*Vb,3,R,R]
         w = config.losses
-        terms = {
-            "pixel_lo": w.pixel * pixel_loss(raw, target),
-            "percep_lo": w.perceptual * lowres(raw, target),
-            "pixel_sr": config.sr_weight * w.pixel * pixel_loss(image, target),
-            "percep_sr": config.sr_weight * w.perceptual * highres(_shrink(image, config.sr_perceptual_size), target),
-        }
+        terms = {"pixel_lo": w.pixel * pixel_loss(raw, target),
+                 "pixel_sr": config.sr_weight * w.pixel * pixel_loss(image, target)}
+        if w.perceptual:
+            terms["percep_lo"] = w.perceptual * lowres(raw, target)
+            terms["percep_sr"] = (config.sr_weight * w.perceptual
+                                  * highres(_shrink(image, config.sr_perceptual_size), target))
         if w.monotonic or w.tv:
             from otavatar.training.losses import density_regularizers
 
@@ -152,7 +165,7 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
             raise FloatingPointError(f"prior step {step}: loss became {loss_value}; lower the learning rates")
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            values = {k: float(v) for k, v in terms.items()} | {"loss": loss_value}
+            values = {k: float(v.detach()) for k, v in terms.items()} | {"loss": loss_value}
             run.log(done, values)
             if on_step is not None:
                 on_step(done, values)

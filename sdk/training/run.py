@@ -46,7 +46,8 @@ def image_grid(rows: list[np.ndarray]) -> np.ndarray:
 
 class RunDir:
     """A training run's folder (module docstring). `resume=True` continues a run; otherwise an existing
-    checkpoint is refused, so a finished run is never overwritten by accident."""
+    checkpoint is refused, so a finished run is never overwritten by accident. A resumed run must have the same
+    config except for RUNTIME_KEYS (steps, minutes, logging cadence), so a finished run can be extended."""
 
     def __init__(self, path: str | os.PathLike, config: Any, *, resume: bool = False) -> None:
         self.path = Path(path)
@@ -57,12 +58,12 @@ class RunDir:
             if not resume:
                 raise FileExistsError(f"{self.path} already holds a run; pass resume=True (--resume) to continue "
                                       "it or choose another folder")
-            saved = json.loads(config_file.read_text())
-            if _jsonable(saved) != _jsonable(self.config):
-                diff = sorted(k for k in set(saved) | set(self.config) if _jsonable(saved.get(k)) != _jsonable(self.config.get(k)))
+            saved = _model_keys(json.loads(config_file.read_text()))
+            now = _model_keys(_jsonable(self.config))
+            if saved != now:
+                diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
                 raise ValueError(f"{self.path}: the run was started with a different config (differs in {diff})")
-        else:
-            _write_text(config_file, json.dumps(_jsonable(self.config), indent=2, sort_keys=True))
+        _write_text(config_file, json.dumps(_jsonable(self.config), indent=2, sort_keys=True))
         self.started = time.perf_counter()
 
     # -- state ------------------------------------------------------------------------------------------
@@ -119,6 +120,17 @@ class RunDir:
         path = folder / f"step_{step:07d}.png"
         Image.fromarray(grid).save(path)
         return path
+
+
+# Budget and bookkeeping settings a resumed run may change (extend the steps, give it more minutes).
+RUNTIME_KEYS = frozenset({"steps", "iterations", "max_minutes", "preview_every", "checkpoint_every", "log_every"})
+
+
+def _model_keys(config: Any) -> Any:
+    """The config without RUNTIME_KEYS, at any depth: what must match for a run to be resumed."""
+    if isinstance(config, dict):
+        return {k: _model_keys(v) for k, v in config.items() if k not in RUNTIME_KEYS}
+    return config
 
 
 def _jsonable(x: Any) -> Any:

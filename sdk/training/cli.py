@@ -1,0 +1,185 @@
+"""`otavatar train ...`: multi-view data, generator prior, controller (decoupling-by-inverting), evaluation.
+
+Run the controller under `torchrun --nproc_per_node N -m otavatar.cli train controller ...` for several
+processes (gloo on CPU, NCCL on GPUs); every other command is single-process.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+__all__ = ["train"]
+
+
+def _threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+@click.group("train")
+def train() -> None:
+    """Train the generator prior and the motion controller (the `train` extra: torch, tqdm, lmdb)."""
+
+
+@train.command("multiview")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A SynthHeads dataset folder (holding truth.npz), from `otavatar synth`.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz.")
+@click.option("--frames-per-video", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--extra-views", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Random look-at views rendered per frame besides its own camera.")
+@click.option("--resolution", type=click.IntRange(8, 2048), default=128, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, resolution: int, seed: int,
+              threads: int | None) -> None:
+    """Render several cameras of the same frames of the train split (the prior's data)."""
+    from otavatar.training.multiview import render_multiview, save_multiview
+
+    _threads(threads)
+    truth = Path(data_dir) / "truth.npz"
+    if not truth.is_file():
+        raise click.BadParameter(f"{truth} not found: --data must be a SynthHeads dataset", param_hint="--data")
+    data = render_multiview(truth, frames_per_video=frames_per_video, extra_views=extra_views,
+                            resolution=resolution, seed=seed)
+    save_multiview(data, out)
+    click.echo(f"{len(data)} frames x {data.views} views at {data.resolution}px -> {out}")
+
+
+@train.command("prior")
+@click.option("--multiview", "multiview_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="From `otavatar train multiview`.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per step.")
+@click.option("--views", type=click.IntRange(min=1), default=2, show_default=True, help="Views per frame per step.")
+@click.option("--density/--no-density", default=True, show_default=True,
+              help="The monotonic and TV density regularisers.")
+@click.option("--max-minutes", type=float, default=None, help="Stop (and checkpoint) after this much wall time.")
+@click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="torchvision vgg19 weights; default: the fixed-seed random VGG19 stand-in.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int, density: bool,
+          max_minutes: float | None, vgg_weights: str | None, seed: int, resume: bool, threads: int | None) -> None:
+    """Train the `tiny` generator as a multi-view auto-decoder (writes OUT/checkpoint.safetensors)."""
+    from otavatar.training.losses import LossWeights
+    from otavatar.training.multiview import load_multiview
+    from otavatar.training.prior import PriorConfig, train_prior
+
+    _threads(threads)
+    weights = LossWeights() if density else LossWeights(monotonic=0.0, tv=0.0)
+    config = PriorConfig(steps=steps, batch=batch, views=views, losses=weights, max_minutes=max_minutes, seed=seed)
+    try:
+        result = train_prior(load_multiview(multiview_file), out_dir, config, resume=resume,
+                             vgg_weights=vgg_weights)
+    except (FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f} -> "
+               f"{result.run_dir / 'checkpoint.safetensors'}")
+
+
+@train.command("controller")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="An OTAvatar LMDB dataset (SynthHeads or HDTF layout).")
+@click.option("--prior", "prior_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Weights with the starting generator (e.g. the prior run's checkpoint.safetensors).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--schedule", type=click.Choice(["successive", "joint"]), default="successive", show_default=True,
+              help="successive = decoupling-by-inverting (published); joint = the ablation.")
+@click.option("--iterations", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Videos per iteration.")
+@click.option("--inversion-steps", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--controller-steps", type=click.IntRange(min=0), default=10, show_default=True,
+              help="N_mo: the last inversion steps that train the controller.")
+@click.option("--sr-steps", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--lr-code", type=float, default=0.01, show_default=True)
+@click.option("--sr-perceptual-size", type=click.IntRange(min=16), default=None,
+              help="Downsample the super-resolved image to this size for its perceptual term (CPU speed).")
+@click.option("--density-points", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--identity-encoder", default="synthheads", show_default=True,
+              help="'synthheads' (the shipped SynthHeads encoder), a path to ArcFace ResNet-18 weights, or 'none'.")
+@click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--max-minutes", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads per process.")
+def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iterations: int, batch: int,
+               inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float,
+               sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
+               max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
+    """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
+    from otavatar.training.decouple import DecoupleConfig, train_controller
+
+    _threads(threads)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        config = DecoupleConfig(iterations=iterations, batch=batch, inversion_steps=inversion_steps,
+                                controller_steps=controller_steps, sr_steps=sr_steps, schedule=schedule,
+                                lr_code=lr_code, sr_perceptual_size=sr_perceptual_size,
+                                density_points=density_points, max_minutes=max_minutes, seed=seed)
+        encoder = None if identity_encoder == "none" else identity_encoder
+        result = train_controller(data_dir, prior_file, out_dir, config, resume=resume, vgg_weights=vgg_weights,
+                                  identity_encoder=encoder)
+    except (FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not distributed or int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"{result.iterations} iterations in {result.seconds:.0f} s, final loss {result.final_loss:.4f} "
+                   f"-> {Path(out_dir) / 'ema.safetensors'}")
+
+
+@train.command("evaluate")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Generator + controller weights (e.g. a run's ema.safetensors).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The SynthHeads dataset (its test split is used).")
+@click.option("--mode", type=click.Choice(["controller", "static"]), default="controller", show_default=True)
+@click.option("--frames", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--pairs", type=click.IntRange(min=1), default=None, help="At most this many (source, driver) pairs.")
+@click.option("--steps", nargs=2, type=click.IntRange(min=0), default=(100, 100), show_default=True,
+              help="Inversion steps: W then W+.")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Inversion learning rate.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, steps: tuple[int, int],
+             lr: float, json_out: str | None, threads: int | None) -> None:
+    """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
+    from otavatar.inversion import InversionConfig
+    from otavatar.training.evaluate import evaluate_reenactment
+    from otavatar.weights import load_models
+
+    _threads(threads)
+    models = load_models(weights)
+    if models.generator is None or (mode == "controller" and models.controller is None):
+        raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
+    config = InversionConfig(w_steps=max(1, steps[0]), wplus_steps=steps[1], lr=lr,
+                             sr_steps=min(10, max(1, steps[0] // 10)))
+    import numpy as np
+
+    from otavatar.training.evaluate import default_pairs
+
+    truth = Path(data_dir) / "truth.npz"
+    chosen = default_pairs(np.load(truth, allow_pickle=False))
+    chosen = chosen if pairs is None else chosen[:pairs]
+    report = evaluate_reenactment(models.generator, models.controller if mode == "controller" else None,
+                                  truth_npz=str(truth), pairs=chosen, frames=frames, mode=mode,
+                                  inversion=config)
+    click.echo(report.table())
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))

@@ -1,0 +1,70 @@
+"""The auto-decoder prior: a few steps lower nothing to NaN, checkpoint, resume and warm start work."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from otavatar.training.losses import LossWeights
+from otavatar.training.multiview import render_multiview
+from otavatar.training.prior import PriorConfig, train_prior
+from otavatar.weights import load_models
+
+
+@pytest.fixture(scope="module")
+def views(micro_dataset):
+    return render_multiview(micro_dataset / "truth.npz", frames_per_video=2, extra_views=1, resolution=128,
+                            progress=False)
+
+
+def _config(steps, **kw):
+    kw.setdefault("losses", LossWeights(monotonic=1.0, tv=1.0))
+    return PriorConfig(steps=steps, batch=2, views=2, checkpoint_every=2, preview_every=2, log_every=1,
+                       perceptual_layers=("relu1_1", "relu2_1"), **kw)
+
+
+def test_steps_checkpoint_and_resume(views, tmp_path):
+    first = train_prior(views, tmp_path / "run", _config(2), progress=False)
+    assert first.steps == 2 and torch.isfinite(torch.tensor(first.final_loss))
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"pixel_lo", "pixel_sr", "percep_lo", "percep_sr", "monotonic", "tv"} <= set(rows[0])
+    assert (tmp_path / "run" / "preview" / "step_0000002.png").is_file()
+    # w_avg is the mean code: the start of every inversion
+    codes = load_file(str(tmp_path / "run" / "extra.safetensors"))["codes"]
+    saved = load_models(tmp_path / "run" / "checkpoint.safetensors").generator
+    torch.testing.assert_close(saved.w_avg, codes.mean(0))
+
+    with pytest.raises(ValueError, match="lr_codes"):               # a model setting differs: refused
+        train_prior(views, tmp_path / "run", _config(3, lr_codes=0.5), progress=False, resume=True)
+    extended = train_prior(views, tmp_path / "run", _config(3), progress=False, resume=True)
+    assert extended.steps == 3                                       # more steps: the run is extended by one
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_continues_where_it_stopped(views, tmp_path):
+    cfg = _config(4, max_minutes=0.0)        # stops (and checkpoints) after the first step
+    stopped = train_prior(views, tmp_path / "run", cfg, progress=False)
+    assert stopped.steps == 1
+    done = train_prior(views, tmp_path / "run", cfg, progress=False, resume=True)
+    assert done.steps == 2                   # resumed at step 1, stopped again after one more step
+
+
+def test_warm_start_copies_generator_and_codes(views, tmp_path):
+    first = train_prior(views, tmp_path / "a", _config(2), progress=False)
+    cfg = _config(1, losses=LossWeights(perceptual=0.0, monotonic=0.0, tv=0.0))
+    warm = train_prior(views, tmp_path / "b", cfg, progress=False, init_from=tmp_path / "a")
+    assert warm.steps == 1
+    # one step of Adam moves each code by at most ~lr from the warm start
+    assert (warm.codes - first.codes).abs().max() < 2 * cfg.lr_codes
+    rows = [json.loads(r) for r in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert "percep_lo" not in rows[0]        # a zero weight skips the VGG pass
+
+
+def test_bad_config_and_data(views, tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        PriorConfig(preset="huge")
+    with pytest.raises(ValueError, match="views"):
+        train_prior(views, tmp_path / "r", PriorConfig(views=5), progress=False)

@@ -1,0 +1,68 @@
+"""RunDir: refuses to overwrite a run, refuses a resumed run with another config, round-trips its state."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from otavatar.models import MotionController
+from otavatar.training.run import RunDir, image_grid, to_uint8
+
+
+@dataclass(frozen=True)
+class _Cfg:
+    lr: float = 0.1
+    steps: int = 3
+
+
+def _saved_run(path):
+    run = RunDir(path, _Cfg())
+    model = MotionController.tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(1, 70, 27)).square().mean().backward()
+    opt.step()
+    run.save(step=2, seconds=1.5, models={"controller": model}, extra={"codes": torch.arange(6.0).view(2, 3)},
+             optimizers={"c": opt})
+    return run, model, opt
+
+
+def test_save_then_resume_restores_models_extra_optimizer_and_step(tmp_path):
+    _, model, opt = _saved_run(tmp_path)
+    fresh = torch.optim.Adam(MotionController.tiny().parameters(), lr=0.1)
+    models, extra, state = RunDir(tmp_path, _Cfg(), resume=True).load({"c": fresh})
+    assert state == {"step": 2, "seconds": 1.5}
+    assert torch.equal(extra["codes"], torch.arange(6.0).view(2, 3))
+    for a, b in zip(models.controller.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    saved = opt.state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], saved)
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path):
+    _saved_run(tmp_path)
+    with pytest.raises(FileExistsError, match="resume"):
+        RunDir(tmp_path, _Cfg())
+
+
+def test_resume_with_another_config_is_refused_but_more_steps_are_allowed(tmp_path):
+    _saved_run(tmp_path)
+    with pytest.raises(ValueError, match="lr"):
+        RunDir(tmp_path, _Cfg(lr=0.2), resume=True)
+    RunDir(tmp_path, _Cfg(steps=10), resume=True)
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 10
+
+
+def test_log_appends_json_lines_and_preview_writes_png(tmp_path):
+    run = RunDir(tmp_path, _Cfg())
+    run.log(1, {"loss": torch.tensor(0.5)})
+    run.log(2, {"loss": 0.25})
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["loss"] == 0.25
+    images = to_uint8(torch.linspace(-1, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4))
+    assert images.dtype.name == "uint8" and images.shape == (2, 4, 4, 3)
+    assert images.min() == 0 and images.max() == 255
+    grid = image_grid([images, to_uint8(torch.zeros(2, 3, 2, 2))])
+    assert grid.shape == (8, 8, 3)
+    assert run.preview(7, grid).name == "step_0000007.png"
