@@ -187,7 +187,7 @@ def invert(generator, controller, image: Any, *, coeffs: ArrayLike | None = None
                     opt_k.step()
                 with torch.no_grad():
                     code.copy_(w_avg + (code - w_avg).clamp(-config.clamp, config.clamp))
-                value = float(rec.loss)
+                value = float(rec.loss.detach())
                 if not math.isfinite(value):
                     raise FloatingPointError(f"inversion {stage} step {i}: the loss became {value}")
                 history.append(value)
@@ -214,6 +214,8 @@ def invert(generator, controller, image: Any, *, coeffs: ArrayLike | None = None
                         if since >= config.patience:   # converged: skip to this stage's SR steps
                             total -= max(0, steps - config.sr_steps - i)
                             i = max(i, steps - config.sr_steps)
+                            if bar is not None:
+                                bar.total = total
             w_result = code.detach()
             if stage == "w":
                 w_stage1 = w_result[0, 0].clone()
