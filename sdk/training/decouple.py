@@ -340,7 +340,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             opt_c.step()
         inv_loss = float(loss.detach())
     values = {"inversion": inv_loss}
-    preview = rec.image if rec.image is not None else rec.image_raw
+    preview = (rec.image if rec.image is not None else rec.image_raw)[0::2]     # frame 0 of each video
     code = code.detach()
     if config.refine:
         generator.requires_grad_(config.finetune_generator)
