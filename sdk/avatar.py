@@ -97,7 +97,8 @@ def _as_rows(coeffs: ArrayLike, what: str) -> NDArray[np.float32]:
         raise ValueError(f"{what}: {err}") from None
 
 
-def _read_array(path: Path, what: str) -> np.ndarray:
+def read_array(path: Path, what: str) -> np.ndarray:
+    """An array from a .npy / .txt / .csv file (coefficient files also .mat, via load_coeffs)."""
     from otavatar.coeffs import load_coeffs
 
     if what == "coefficients":
@@ -114,7 +115,7 @@ def _read_array(path: Path, what: str) -> np.ndarray:
 def portrait_coeffs(coeffs: ArrayLike | str | os.PathLike[str]) -> NDArray[np.float32]:
     """The portrait's 70 controller numbers from 70/257/260 values (or one such row) or a coefficient file."""
     if isinstance(coeffs, (str, os.PathLike)):
-        coeffs = _read_array(Path(coeffs), "coefficients")
+        coeffs = read_array(Path(coeffs), "coefficients")
     rows = _as_rows(coeffs, "portrait coefficients")
     if len(rows) != 1:
         raise ValueError(f"portrait coefficients must be one frame, got {len(rows)} rows")
@@ -126,7 +127,7 @@ def portrait_camera(camera: ArrayLike | str | os.PathLike[str]) -> NDArray[np.fl
     from otavatar.camera import validate_camera
 
     if isinstance(camera, (str, os.PathLike)):
-        camera = _read_array(Path(camera), "camera")
+        camera = read_array(Path(camera), "camera")
     cams = validate_camera(camera)
     if len(cams) != 1:
         raise ValueError(f"the portrait camera must be one 25-d label, got {len(cams)}")
@@ -205,14 +206,14 @@ def prepare_portrait(image: Any, *, coeffs: Any = None, camera: Any = None, land
                             landmarks=None if lm68 is None else lm68.astype(np.float32), pose_source=source)
 
 
-def _driving(coeffs: Any) -> tuple[NDArray[np.float32], Any]:
+def driving_rows(coeffs: Any) -> tuple[NDArray[np.float32], Any]:
     """(rows [T,70], the Motion or None) from a Motion, a coefficient file or rows [T,70|257|260]."""
     from otavatar.motion import Motion
 
     if isinstance(coeffs, Motion):
         return coeffs.coeffs, coeffs
     if isinstance(coeffs, (str, os.PathLike)):
-        coeffs = _read_array(Path(coeffs), "coefficients")
+        coeffs = read_array(Path(coeffs), "coefficients")
     rows = _as_rows(coeffs, "driving coefficients")
     return rows, None
 
@@ -238,7 +239,7 @@ def driving_cameras(camera: Any, rows: np.ndarray, motion: Any, portrait_camera_
         raise ValueError(f"unknown camera mode {camera!r}; valid: {', '.join(CAMERA_MODES)}, a [T,25] array or a "
                          f".npy / .txt file")
     if _is_file_like(camera):
-        camera = _read_array(Path(camera), "camera")
+        camera = read_array(Path(camera), "camera")
     try:
         return validate_camera(camera, batch=t)
     except ValueError as err:
@@ -318,7 +319,7 @@ class Avatar:
     def _prepare(self, coeffs: Any, camera: Any, window: str):
         from otavatar.coeffs import _window_offsets
 
-        rows, motion = _driving(coeffs)
+        rows, motion = driving_rows(coeffs)
         cams = driving_cameras(camera, rows, motion, self.camera)
         offsets = _window_offsets(self.model.window, window) if self.model.controller is not None else None
         return rows, motion, cams, offsets

@@ -2,7 +2,9 @@
 
     otavatar convert IN [IN ...] --out OUT.safetensors [--preset official|tiny]
     otavatar env [--json]
-    otavatar demo [--out out/demo] [--preset tiny] [--weights FILE] [--views N]
+    otavatar demo [--out out/demo] [--weights FILE] [--seed S] [--steps W WP] [--seconds S] [--fps F]
+    otavatar invert PORTRAIT --out A.avatar [--model FILE] [--steps W WP] [--aligned] [--coeffs F] [--camera F]
+    otavatar render A.avatar --motion talk|nod|smile|look_around|FILE --out clip.mp4|.gif|.png [--orbit]
     otavatar export (--weights W.safetensors | --preset tiny|official) --out DIR [--opset N] [--no-verify]
     otavatar synth --out DIR --subjects N --videos-per-subject K --frames T --resolution R --seed S [--force]
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from pathlib import Path
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -145,33 +148,138 @@ def env(as_json: bool) -> None:
     click.echo(f"{'platform':<{width}}  {info['platform']}")
 
 
-# -- demo ---------------------------------------------------------------------------------------------------
+# -- demo, invert, render (the SDK: otavatar.Avatar) ---------------------------------------------------------
+
+def _sdk_errors():
+    """Errors that mean bad user input (files, images, arrays, weights): shown as one line, no traceback."""
+    from otavatar.weights.state import WeightsError
+
+    return (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, WeightsError, TypeError)
+
+
+def _need_torch(command: str):
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(f"`otavatar {command}` needs the `train` extra (torch): {e}") from None
+
+
+_MODEL_OPTION = click.option(
+    "--model", "--weights", "weights", type=click.Path(dir_okay=False), default=None,
+    help="An otavatar weights file (e.g. from `otavatar convert`); default: the embedded model.")
+_STEPS_HELP = "Inversion steps: W stage, then W+ stage."
+
 
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the rendered output.")
-@click.option("--preset", type=PRESET_CHOICE, default="tiny", show_default=True,
-              help="Model preset (ignored when --weights is given).")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="An otavatar .safetensors file (e.g. from `otavatar convert`); default: seeded random init.")
-@click.option("--views", type=click.IntRange(min=1), default=5, show_default=True, help="Cameras in the yaw sweep.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the identity code (and the init).")
-def demo(out_dir: str, preset: str, weights: str | None, views: int, seed: int) -> None:
-    """Render the demo avatar from a sweep of cameras and write frame.png and sheet.png."""
+              help="Folder for the clips, the sheet and the avatar.")
+@_MODEL_OPTION
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Held-out SynthHeads identity 10000 + SEED, and the talking motion's seed.")
+@click.option("--steps", type=(click.IntRange(min=1), click.IntRange(min=0)), default=(30, 30), show_default=True,
+              help=_STEPS_HELP)
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True, max=600), default=4.0, show_default=True,
+              help="Length of each clip.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True, max=240), default=25.0, show_default=True,
+              help="Frame rate of the clips.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def demo(out_dir: str, weights: str | None, seed: int, steps: tuple[int, int], seconds: float, fps: float,
+         quiet: bool) -> None:
+    """Portrait -> avatar -> talking clip + orbit clip + contact sheet (held-out SynthHeads portrait)."""
     try:
         from otavatar.demo import render_demo
     except ImportError as e:
         raise click.ClickException(f"the demo needs the `train` extra (torch): {e}") from None
-    from otavatar.weights import WeightsError
+    try:
+        result = render_demo(out_dir, weights=weights, seed=seed, steps=steps, seconds=seconds, fps=fps,
+                             progress=not quiet, log=lambda m: click.echo(m, err=True))
+    except _sdk_errors() as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(result.describe(), err=True)
+    for path in result.files.values():
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("portrait", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="The avatar file to write.")
+@_MODEL_OPTION
+@click.option("--steps", type=(click.IntRange(min=1), click.IntRange(min=0)), default=(100, 100), show_default=True,
+              help=_STEPS_HELP)
+@click.option("--aligned", is_flag=True, help="The portrait is already an aligned square crop: no face detection.")
+@click.option("--coeffs", type=click.Path(dir_okay=False), default=None,
+              help="The portrait's coefficients (.npy/.txt/.csv/.mat, one row of 70/257/260); default: neutral "
+                   "expression, pose estimated from the landmarks.")
+@click.option("--camera", type=click.Path(dir_okay=False), default=None,
+              help="The portrait's 25-d EG3D camera (.npy/.txt); default: from the estimated pose.")
+@click.option("--landmarks", type=click.Path(dir_okay=False), default=None,
+              help="68 iBUG landmarks [68,2] in pixels of PORTRAIT (.npy/.txt); enables the local loss.")
+@click.option("--early-stop", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop a stage when the loss improves by less than this fraction over 20 steps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def invert(portrait: str, out: str, weights: str | None, steps: tuple[int, int], aligned: bool, coeffs: str | None,
+           camera: str | None, landmarks: str | None, early_stop: float | None, quiet: bool) -> None:
+    """Invert one portrait photo into an avatar file (for `otavatar render`)."""
+    _need_torch("invert")
+    from otavatar.avatar import Avatar, read_array
 
     try:
-        result = render_demo(out_dir, preset=preset, weights=weights, views=views, seed=seed)
-    except (WeightsError, FileNotFoundError, ValueError) as e:
+        lm = None if landmarks is None else read_array(Path(landmarks), "landmarks")
+        avatar = Avatar.from_portrait(portrait, model=weights, coeffs=coeffs, camera=camera, landmarks=lm,
+                                      aligned=aligned, steps=steps, early_stop=early_stop, progress=not quiet)
+        path = avatar.save(out)
+    except _sdk_errors() as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{result.views} views of the {result.preset} preset ({result.weights}) in {result.seconds:.1f} s",
-               err=True)
-    click.echo(str(result.frame))
-    click.echo(str(result.sheet))
+    meta = avatar.metadata
+    click.echo(f"inverted {portrait} in {meta['seconds']:.1f} s ({meta['steps']} steps, final loss "
+               f"{meta['final_loss']:.4f}, pose {meta['pose']})", err=True)
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("avatar_file", metavar="AVATAR", type=click.Path(dir_okay=False))
+@click.option("--motion", "motion_spec", default="talk", show_default=True,
+              help="A built-in motion (talk, nod, smile, look_around) or a coefficient file (.npy/.txt/.csv/.mat).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Output: .mp4, .gif or .png (contact sheet), chosen by the suffix.")
+@_MODEL_OPTION
+@click.option("--camera", "camera_mode", default=None,
+              help="portrait (default), driver (the motion's head pose), orbit, or a camera file [T,25].")
+@click.option("--orbit", is_flag=True, help="Orbit the camera around the head (same as --camera orbit).")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True, max=3600), default=4.0, show_default=True,
+              help="Length of a built-in motion.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True, max=240), default=25.0, show_default=True,
+              help="Frame rate (of a built-in motion, and of the output).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of a built-in motion.")
+@click.option("--window", type=click.Choice(["centered", "causal"]), default="centered", show_default=True,
+              help="Controller window: centered (13 frames look-ahead) or causal.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def render(avatar_file: str, motion_spec: str, out: str, weights: str | None, camera_mode: str | None, orbit: bool,
+           seconds: float, fps: float, seed: int, window: str, quiet: bool) -> None:
+    """Drive an avatar with a motion and write a video (.mp4 / .gif) or a contact sheet (.png)."""
+    _need_torch("render")
+    from otavatar import motion as motions
+    from otavatar.avatar import Avatar
+    from otavatar.media import VIDEO_SUFFIXES
+
+    if Path(out).suffix.lower() not in VIDEO_SUFFIXES:
+        raise click.BadParameter(f"{out}: the suffix must be one of {', '.join(VIDEO_SUFFIXES)}", param_hint="--out")
+    if orbit and camera_mode not in (None, "orbit"):
+        raise click.UsageError(f"--orbit and --camera {camera_mode} contradict each other; give one")
+    camera = "orbit" if orbit else camera_mode
+    try:
+        if Path(motion_spec).suffix:
+            drive = motions.load(motion_spec, fps=fps)
+        else:
+            drive = motions.get(motion_spec)(seconds=seconds, fps=fps, seed=seed)
+        avatar = Avatar.load(avatar_file, model=weights)
+        result = avatar.render(drive, camera=camera, window=window, progress=not quiet)
+        path = result.save(out, fps=fps)
+    except _sdk_errors() as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{len(result)} frames of {drive.name} at {avatar.resolution}x{avatar.resolution} "
+               f"in {result.seconds:.1f} s ({result.per_frame_ms:.0f} ms/frame)", err=True)
+    click.echo(str(path))
 
 
 # -- export -------------------------------------------------------------------------------------------------

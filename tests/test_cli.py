@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from otavatar.cli import main
 
@@ -41,7 +42,7 @@ def tiny_pth(tmp_path_factory) -> Path:
 def test_help_and_version(runner):
     result = runner.invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("convert", "env", "demo"):
+    for command in ("convert", "env", "demo", "invert", "render"):
         assert command in result.output
     result = runner.invoke(main, ["--version"])
     assert result.exit_code == 0 and "otavatar, version 0.1.0" in result.output
@@ -148,13 +149,52 @@ def test_env_lists_ort_providers_when_present(runner, monkeypatch):
     assert "CUDAExecutionProvider, CPUExecutionProvider" in result.output
 
 
-# -- demo -----------------------------------------------------------------------------------------------------
+# -- demo, invert, render ------------------------------------------------------------------------------------
 
-def test_demo_writes_frames(runner, tmp_path):
-    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d"), "--views", "2"])
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A seeded random tiny model file: stands in for the embedded default (tests never need a trained one)."""
+    from _sdk_fixtures import tiny_weights_file
+
+    return tiny_weights_file(tmp_path_factory.mktemp("weights"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def avatar_file(tiny_weights, tmp_path_factory) -> Path:
+    from otavatar.demo import held_out_portrait
+
+    folder = tmp_path_factory.mktemp("avatar")
+    Image.fromarray(held_out_portrait(0, 128).images[0]).save(folder / "portrait.png")
+    out = folder / "me.avatar"
+    result = CliRunner().invoke(main, ["invert", str(folder / "portrait.png"), "--out", str(out), "--model",
+                                       str(tiny_weights), "--steps", "1", "0", "-q"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.split() == [str(tmp_path / "d" / "frame.png"), str(tmp_path / "d" / "sheet.png")]
-    assert (tmp_path / "d" / "sheet.png").is_file()
+    assert result.stdout.strip() == str(out) and "pose estimated" in result.stderr
+    return out
+
+
+@pytest.fixture
+def no_default(monkeypatch, tmp_path):
+    import otavatar.weights.default as default
+
+    monkeypatch.setattr(default, "default_path", lambda: tmp_path / "otavatar-tiny.safetensors")
+
+
+def test_demo_writes_clips_sheet_and_avatar(runner, tmp_path, tiny_weights):
+    out = tmp_path / "d"
+    result = runner.invoke(main, ["demo", "--out", str(out), "--weights", str(tiny_weights), "--steps", "1", "0",
+                                  "--seconds", "0.2", "--fps", "10", "-q"])
+    assert result.exit_code == 0, result.output
+    names = ["portrait.png", "frame.png", "talk.mp4", "talk.gif", "orbit.mp4", "orbit.gif", "sheet.png", "demo.avatar"]
+    assert result.stdout.split() == [str(out / n) for n in names]
+    assert all((out / n).is_file() for n in names)
+    assert "held out" in result.stderr and "inversion" in result.stderr
+
+
+def test_demo_without_the_default_model_says_how_to_get_it(runner, tmp_path, no_default):
+    result = runner.invoke(main, ["demo", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 1 and "otavatar train" in result.output and "--weights" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "d").exists()
 
 
 def test_demo_bad_weights_is_a_clear_error(runner, tmp_path):
@@ -169,6 +209,64 @@ def test_demo_missing_torch_is_a_clear_error(runner, monkeypatch):
     monkeypatch.setitem(sys.modules, "otavatar.demo", None)
     result = runner.invoke(main, ["demo"])
     assert result.exit_code == 1 and "train" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("suffix,extra", [(".mp4", []), (".gif", ["--orbit"]), (".png", ["--camera", "driver"])])
+def test_render_writes_every_format(runner, avatar_file, tiny_weights, tmp_path, suffix, extra):
+    out = tmp_path / f"clip{suffix}"
+    result = runner.invoke(main, ["render", str(avatar_file), "--motion", "nod", "--seconds", "0.2", "--fps", "10",
+                                  "--out", str(out), "--model", str(tiny_weights), "-q", *extra])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out) and out.stat().st_size > 0
+    assert "2 frames of nod at 128x128" in result.stderr
+
+
+def test_render_from_a_coefficient_file(runner, avatar_file, tiny_weights, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "drive.npy", np.zeros((3, 257), np.float32))
+    result = runner.invoke(main, ["render", str(avatar_file), "--motion", str(tmp_path / "drive.npy"),
+                                  "--out", str(tmp_path / "c.gif"), "--model", str(tiny_weights), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "3 frames of drive at 128x128" in result.stderr and (tmp_path / "c.gif").is_file()
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--motion", "dance"], 1, "unknown motion 'dance'"),
+    (["--out", "clip.avi"], 2, "the suffix must be one of .mp4, .gif, .png"),
+    (["--orbit", "--camera", "driver"], 2, "contradict"),
+    (["--camera", "sideways"], 1, "unknown camera mode 'sideways'"),
+    (["--motion", "missing.npy"], 1, "coefficient file not found"),
+])
+def test_render_bad_input_is_a_clear_error(runner, avatar_file, tiny_weights, tmp_path, monkeypatch, args, code,
+                                           message):
+    monkeypatch.chdir(tmp_path)
+    base = ["render", str(avatar_file), "--seconds", "0.1", "--model", str(tiny_weights), "-q"]
+    result = runner.invoke(main, base + (args if "--out" in args else args + ["--out", "clip.mp4"]))
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_render_with_another_model_names_both_hashes(runner, avatar_file, tmp_path):
+    from _sdk_fixtures import tiny_weights_file
+
+    other = tiny_weights_file(tmp_path, seed=1)
+    result = runner.invoke(main, ["render", str(avatar_file), "--out", str(tmp_path / "c.mp4"), "--model", str(other)])
+    assert result.exit_code == 1 and "was made with model" in result.output and "Traceback" not in result.output
+
+
+def test_invert_bad_portraits_are_clear_errors(runner, tiny_weights, tmp_path):
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(tmp_path / "grey.png")
+    for name, message in (("corrupt.jpg", "corrupt.jpg"), ("grey.png", "no face found"),
+                          ("missing.png", "missing.png")):
+        result = runner.invoke(main, ["invert", str(tmp_path / name), "--out", str(tmp_path / "a.avatar"),
+                                      "--model", str(tiny_weights), "-q"])
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "a.avatar").exists()
+    result = runner.invoke(main, ["invert", str(tmp_path / "grey.png"), "--out", "a.avatar", "--steps", "0", "1"])
+    assert result.exit_code == 2
 
 
 # -- import cost ----------------------------------------------------------------------------------------------
