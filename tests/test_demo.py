@@ -81,3 +81,18 @@ def test_bad_arguments_name_the_problem(tmp_path, weights):
     with pytest.raises(WeightsError, match="no such file"):
         render_demo(tmp_path / "d", weights=tmp_path / "missing.safetensors")
     assert not any(tmp_path.iterdir())                                         # nothing written on failure
+
+
+def test_quickstart_example_runs(weights, tmp_path):
+    """examples/quickstart.py, as CI runs it: a small random weights file, 1 inversion step, 2 frames."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    spec = importlib.util.spec_from_file_location("quickstart_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    video = module.main(["--model", str(weights), "--steps", "1", "0", "--seconds", "0.2", "--fps", "10",
+                         "--out", str(tmp_path / "q")])
+    assert video == tmp_path / "q" / "talk.mp4" and video.stat().st_size > 0
+    assert (tmp_path / "q" / "me.avatar").is_file()
