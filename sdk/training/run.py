@@ -61,8 +61,8 @@ class RunDir:
             saved = _model_keys(json.loads(config_file.read_text()))
             now = _model_keys(_jsonable(self.config))
             if saved != now:
-                diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-                raise ValueError(f"{self.path}: the run was started with a different config (differs in {diff})")
+                raise ValueError(f"{self.path}: the run was started with a different config (differs in "
+                                 f"{_differences(saved, now)})")
         _write_text(config_file, json.dumps(_jsonable(self.config), indent=2, sort_keys=True))
         self.started = time.perf_counter()
 
@@ -133,8 +133,15 @@ def _model_keys(config: Any) -> Any:
     return config
 
 
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
 def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
+    return json.loads(json.dumps(x, default=lambda o: asdict(o) if is_dataclass(o) else str(o)))
 
 
 def _write_text(path: Path, text: str) -> None:
