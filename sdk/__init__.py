@@ -21,8 +21,8 @@ _SUBMODULES = ("camera", "coeffs", "config", "kernels", "models", "weights", "ex
 _ATTRIBUTES = {"Avatar": "avatar", "RenderResult": "avatar", "AvatarError": "avatar", "Model": "model"}
 
 if TYPE_CHECKING:
-    from otavatar.avatar import Avatar, AvatarError, RenderResult
-    from otavatar.model import Model
+    from otavatar.avatar import Avatar, AvatarError, RenderResult  # noqa: F401
+    from otavatar.model import Model  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

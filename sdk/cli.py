@@ -159,7 +159,7 @@ def _sdk_errors():
 
 def _need_torch(command: str):
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401 - only checks that the extra is installed
     except ImportError as e:
         raise click.ClickException(f"`otavatar {command}` needs the `train` extra (torch): {e}") from None
 

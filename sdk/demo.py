@@ -33,7 +33,8 @@ SHEET_TILES = 16             # 4 x 4: portrait, reconstruction, 7 talking frames
 @dataclass(frozen=True)
 class DemoResult:
     out_dir: Path
-    files: dict[str, Path] = field(repr=False)   # portrait, frame, talk_mp4, talk_gif, orbit_mp4, orbit_gif, sheet, avatar
+    # portrait, frame, talk_mp4, talk_gif, orbit_mp4, orbit_gif, sheet, avatar
+    files: dict[str, Path] = field(repr=False)
     model: str                                   # where the weights came from
     resolution: int
     frames: int                                  # frames per clip

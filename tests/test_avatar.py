@@ -1,8 +1,6 @@
 """otavatar.Avatar on a seeded random tiny model: every input form, render modes, files, blending, bad inputs."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -211,7 +209,8 @@ def test_save_load_round_trip_renders_identical_frames(avatar, model, drive, tmp
     assert torch.equal(loaded.ws, avatar.ws) and torch.equal(loaded.intrinsics, avatar.intrinsics)
     np.testing.assert_array_equal(loaded.camera, avatar.camera)
     np.testing.assert_array_equal(loaded.coeffs, avatar.coeffs)
-    np.testing.assert_array_equal(loaded.render(drive, camera="orbit").frames, avatar.render(drive, camera="orbit").frames)
+    np.testing.assert_array_equal(loaded.render(drive, camera="orbit").frames,
+                                  avatar.render(drive, camera="orbit").frames)
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:

@@ -88,4 +88,5 @@ def test_motion_imports_no_torch():
     import sys
 
     code = "import sys, otavatar.motion; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
