@@ -351,5 +351,15 @@ def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, res
     click.echo(summary.describe())
 
 
+def _register_train() -> None:
+    """`otavatar train ...` lives in otavatar.training.cli (click only at import; torch loads per command)."""
+    from otavatar.training.cli import train
+
+    main.add_command(train)
+
+
+_register_train()
+
+
 if __name__ == "__main__":  # python -m otavatar.cli
     main()

@@ -60,6 +60,11 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @click.option("--views", type=click.IntRange(min=1), default=2, show_default=True, help="Views per frame per step.")
 @click.option("--density/--no-density", default=True, show_default=True,
               help="The monotonic and TV density regularisers.")
+@click.option("--perceptual-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="0 skips the VGG19 terms (pixel-only steps are ~3x faster on a CPU).")
+@click.option("--code-init-std", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Warm start: another prior run's generator and codes (same multiview set).")
 @click.option("--max-minutes", type=float, default=None, help="Stop (and checkpoint) after this much wall time.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="torchvision vgg19 weights; default: the fixed-seed random VGG19 stand-in.")
@@ -67,18 +72,21 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int, density: bool,
-          max_minutes: float | None, vgg_weights: str | None, seed: int, resume: bool, threads: int | None) -> None:
+          perceptual_weight: float, code_init_std: float, init_from: str | None, max_minutes: float | None,
+          vgg_weights: str | None, seed: int, resume: bool, threads: int | None) -> None:
     """Train the `tiny` generator as a multi-view auto-decoder (writes OUT/checkpoint.safetensors)."""
     from otavatar.training.losses import LossWeights
     from otavatar.training.multiview import load_multiview
     from otavatar.training.prior import PriorConfig, train_prior
 
     _threads(threads)
-    weights = LossWeights() if density else LossWeights(monotonic=0.0, tv=0.0)
-    config = PriorConfig(steps=steps, batch=batch, views=views, losses=weights, max_minutes=max_minutes, seed=seed)
+    weights = LossWeights(perceptual=perceptual_weight) if density else \
+        LossWeights(perceptual=perceptual_weight, monotonic=0.0, tv=0.0)
+    config = PriorConfig(steps=steps, batch=batch, views=views, losses=weights, max_minutes=max_minutes, seed=seed,
+                         code_init_std=code_init_std)
     try:
         result = train_prior(load_multiview(multiview_file), out_dir, config, resume=resume,
-                             vgg_weights=vgg_weights)
+                             vgg_weights=vgg_weights, init_from=init_from)
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f} -> "
