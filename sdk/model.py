@@ -142,7 +142,16 @@ class Model:
         weights = weights if weights is not None else LossWeights()
         key = repr(weights)
         if key not in self._losses:
-            self._losses[key] = ReconstructionLoss(self.generator, weights=weights).to(self.device)
+            encoder = None
+            if self.source.startswith("embedded default"):
+                # the default model was trained on SynthHeads with the shipped SynthHeads identity encoder as the
+                # identity term's network; other models get no identity term unless a user builds the loss
+                # with ReconstructionLoss.from_files(identity_encoder=<ArcFace weights>)
+                from otavatar.training.identity_encoder import load_identity_encoder
+
+                encoder = load_identity_encoder(None)
+            self._losses[key] = ReconstructionLoss(self.generator, weights=weights,
+                                                   identity_encoder=encoder).to(self.device)
         return self._losses[key]
 
     def __repr__(self) -> str:
