@@ -191,3 +191,27 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     click.echo(report.table())
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
+
+
+@train.command("package")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A controller run's ema.safetensors (generator + controller).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write, e.g. sdk/weights/default/otavatar-tiny.safetensors (the embedded default).")
+@click.option("--info", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A JSON file of provenance (commands, data, seeds, wall times) stored in the file's metadata.")
+def package(weights: str, out: str, info: str | None) -> None:
+    """Write a trained generator + controller as a shippable weights file (float32, with provenance)."""
+    from otavatar.weights import load_models, save_models
+
+    models = load_models(weights)
+    if models.generator is None or models.controller is None:
+        raise click.ClickException(f"{weights}: a default model needs a generator and a controller")
+    metadata = {"source": Path(weights).name, "trained": models.metadata}
+    if info:
+        try:
+            metadata["provenance"] = json.loads(Path(info).read_text())
+        except ValueError as e:
+            raise click.ClickException(f"{info}: not JSON: {e}") from None
+    path = save_models(out, generator=models.generator, controller=models.controller, metadata=metadata)
+    click.echo(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)")

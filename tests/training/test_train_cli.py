@@ -40,3 +40,23 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
     again = _run("prior", "--multiview", str(mv), "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "1")
     assert again.exit_code != 0 and "resume" in again.output        # never overwrites a finished run
+
+
+def test_package_writes_a_default_model_with_provenance(tmp_path):
+    import json
+
+    import torch
+
+    from otavatar.models import MotionController, TriplaneGenerator
+    from otavatar.weights import load_models, save_models
+
+    torch.manual_seed(0)
+    save_models(tmp_path / "ema.safetensors", generator=TriplaneGenerator.tiny(), controller=MotionController.tiny())
+    (tmp_path / "info.json").write_text(json.dumps({"data": "synth"}))
+    result = _run("package", "--weights", str(tmp_path / "ema.safetensors"), "--out", str(tmp_path / "d.safetensors"),
+                  "--info", str(tmp_path / "info.json"))
+    assert result.exit_code == 0, result.output
+    assert load_models(tmp_path / "d.safetensors").metadata["provenance"] == {"data": "synth"}
+    save_models(tmp_path / "g.safetensors", generator=TriplaneGenerator.tiny())
+    result = _run("package", "--weights", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "x.safetensors"))
+    assert result.exit_code != 0 and "needs a generator and a controller" in result.output
