@@ -8,6 +8,11 @@ symbolic batch dimension and ONNX Runtime matches torch to ~6e-6 (tiny preset, f
 lowest opset the dynamo exporter targets natively (lower ones go through the ONNX version converter).
 
 One table (`GRAPHS`) drives everything: wrapper, input/output names and shapes, example inputs, verification.
+
+fp16 (`precision="fp16"`): the simplified fp32 graphs are converted with onnxconverter-common's
+`convert_float_to_float16(keep_io_types=True)` -- weights and compute in float16, inputs and outputs float32 --
+with the ops in `FP16_OP_BLOCK` kept in float32 (see there). Verification always compares against the fp32
+torch model.
 """
 from __future__ import annotations
 
@@ -34,12 +39,25 @@ from otavatar.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, META_PRE
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16")
 # Verification bound per precision: an output fails when max|ort - torch| > atol + rtol * max|torch|.
 # fp32: measured max abs 6e-6 (image), 5e-7 (image_raw), 2e-6 (depth) and 2e-10 (motion) on the tiny preset;
 # only the order of float32 reductions differs, so 1e-3 leaves room for the official network's depth.
-TOLERANCE = {"fp32": {"atol": 1e-3, "rtol": 1e-3}}
+# fp16: float16 keeps 11 significant bits (rounding 4.9e-4 relative) through ~20 modulated convs and 96 samples
+# per ray; measured max abs 6.8e-3 (image), 6.2e-4 (image_raw), 2.4e-3 (depth), 7e-8 (motion) on the tiny preset
+# and 3.3e-3 (image), 1.2e-3 (image_raw), 1.7e-3 (depth) on the official one (random init, incl. the parity
+# fixtures' inputs), so 5e-2 + 2e-2 * max|torch| leaves ~7x headroom over the largest measured error.
+TOLERANCE = {"fp32": {"atol": 1e-3, "rtol": 1e-3}, "fp16": {"atol": 5e-2, "rtol": 2e-2}}
 VERIFY_BATCHES = (1, 2)
+# Ops kept in float32 in fp16 graphs. IsInf/IsNaN: float16 inputs need opset 20 (we write 18). CumSum, Exp,
+# Log: the volume-rendering transmittance exp(cumsum(log(1 - alpha))) and the importance-sampling CDF, where
+# float16's 1e-3 steps near 1 would shift the sampled depths; Softplus: the density activation (its tail below
+# float16's 6e-5 subnormal range). On the tiny preset the block list changes the error by < 1e-5 (image 6.81e-3
+# both ways) and costs nothing measurable on CPU; it is kept for the official depth range (12 + 48 samples).
+FP16_OP_BLOCK = ("CumSum", "Exp", "Log", "Softplus", "IsInf", "IsNaN")
+# the published networks' parity fixtures (tests/fixtures/parity, or $OTAVATAR_PARITY_DIR): their inputs are
+# verified too when the exported generator has the official architecture
+PARITY_CASES = {"controller": ("controller_case0.npz", ("x",)), "generator": ("eg3d_case0.npz", ("ws", "c"))}
 
 
 class ExportError(RuntimeError):
@@ -133,7 +151,7 @@ class ExportReport:
         for graph, batches in self.verify.items():
             for batch, outs in batches.items():
                 errs = ", ".join(f"{k} abs {v['max_abs']:.2e} rel {v['max_rel']:.2e}" for k, v in outs.items())
-                lines.append(f"verify {graph} batch {batch}: {errs}")
+                lines.append(f"verify {graph} {'batch ' if batch.isdigit() else ''}{batch}: {errs}")
         if not self.verify:
             lines.append("not verified (--no-verify)")
         return "\n".join(lines)
@@ -144,11 +162,14 @@ class ExportReport:
 def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator, controller: MotionController,
                   opset: int = DEFAULT_OPSET, precision: str = "fp32", verify: bool = True, *,
                   simplify: bool = True, source: dict[str, Any] | None = None, seed: int = 0,
-                  log: Callable[[str], None] | None = None) -> ExportReport:
+                  log: Callable[[str], None] | None = None,
+                  parity_dir: str | os.PathLike[str] | None = None) -> ExportReport:
     """Write controller.onnx, generator.onnx and manifest.json to `out_dir` (built in a temporary folder beside
     it, then renamed into place). `source` describes the weights (e.g. {"weights": name, "sha256": ...}).
-    With `verify`, ONNX Runtime is compared with torch on random inputs (batch 1 and 2) and the export fails,
-    leaving nothing behind, when an output differs by more than `TOLERANCE[precision]`."""
+    With `verify`, ONNX Runtime is compared with torch on random inputs (batch 1 and 2) -- and, for the official
+    architecture, on the parity fixtures' inputs (`parity_dir`, default tests/fixtures/parity of a source
+    checkout or $OTAVATAR_PARITY_DIR) -- and the export fails, leaving nothing behind, when an output differs by
+    more than `TOLERANCE[precision]`. precision "fp16": float16 weights and compute, float32 inputs/outputs."""
     log = log or (lambda message: None)
     _validate(generator, controller, opset, precision)
     import onnx
@@ -169,6 +190,8 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
             "opset": opset, "precision": precision, "exporter": exporter,
             "generator_config": generator.config.to_dict(), "controller_config": controller.config.to_dict(),
             "coefficient_layout": _coefficient_layout(), "source": source or {},
+            # the otavatar.Model fingerprint: avatars made with these weights carry it (Engine.render_avatar)
+            "model_fingerprint": _fingerprint(generator, controller),
         }
         graphs: dict[str, Any] = {}
         simplifiers = set()
@@ -180,6 +203,8 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
             proto = onnx.load(str(path))
             proto, simplifier = _simplify(proto, simplify)
             simplifiers.add(simplifier)
+            if precision == "fp16":
+                proto = _to_fp16(proto)
             io = {"inputs": _io(spec.inputs(model)), "outputs": _io(spec.outputs(model))}
             meta = {**common, "graph": name, **io}
             del proto.metadata_props[:]
@@ -193,7 +218,7 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
 
         report_verify: dict[str, Any] = {}
         if verify:
-            report_verify = _verify(tmp, models, precision, seed, log)
+            report_verify = _verify(tmp, models, precision, seed, log, parity_dir=parity_dir)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {**common, "simplifier": "+".join(sorted(simplifiers)), "graphs": graphs, "files": files,
                     "verify": {"tolerance": TOLERANCE[precision], "results": report_verify} if verify else None}
@@ -271,21 +296,81 @@ def _simplify(proto: Any, simplify: bool) -> tuple[Any, str]:
         return proto, "none"
 
 
+def _to_fp16(proto: Any) -> Any:
+    """float16 weights and compute, float32 graph inputs/outputs, FP16_OP_BLOCK kept in float32."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError as e:
+        raise ExportError("--precision fp16 needs onnxconverter-common (pip install onnxconverter-common)") from e
+    _isolate_outputs(proto)
+    with warnings.catch_warnings():
+        # "the float32 number 1e-10 will be truncated to 1e-07": epsilons and +-FLT_MAX fill values clamped to
+        # float16's range, which is the conversion's purpose; the verify step measures the effect
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(
+            proto, keep_io_types=True, op_block_list=[*FP16_OP_BLOCK, *float16.DEFAULT_OP_BLOCK_LIST])
+    # the converter leaves some intermediate value_info at float32; ONNX Runtime re-infers every type
+    del converted.graph.value_info[:]
+    return converted
+
+
+def _isolate_outputs(proto: Any) -> None:
+    """A graph output that other nodes also read (image_raw feeds the super-resolution) gets an Identity of its
+    own: otherwise keep_io_types casts it to float32 in place and the float16 consumers read the float32 cast,
+    which ONNX Runtime rejects ("Type parameter (T) of Optype (Conv) bound to different types")."""
+    from onnx import helper
+
+    outputs = {o.name for o in proto.graph.output}
+    read = {i for node in proto.graph.node for i in node.input}
+    for name in sorted(outputs & read):
+        inner = f"{name}__inner"
+        for node in proto.graph.node:
+            node.output[:] = [inner if o == name else o for o in node.output]
+            node.input[:] = [inner if i == name else i for i in node.input]
+        proto.graph.node.append(helper.make_node("Identity", [inner], [name], name=f"{name}__output"))
+
+
+def _parity_inputs(name: str, model: nn.Module, parity_dir: str | os.PathLike[str] | None) -> tuple | None:
+    """The parity fixture's inputs for `name` when the model has the official architecture and the fixture is
+    found, else None."""
+    from otavatar.config import ControllerConfig, GeneratorConfig
+
+    official = GeneratorConfig.official() if name == "generator" else ControllerConfig.official()
+    if model.config != official:
+        return None
+    candidates = [Path(parity_dir)] if parity_dir is not None else [
+        Path(p) for p in (os.environ.get("OTAVATAR_PARITY_DIR"),
+                          Path(otavatar.__file__).resolve().parents[1] / "tests" / "fixtures" / "parity") if p]
+    file, keys = PARITY_CASES[name]
+    for folder in candidates:
+        if (folder / file).is_file():
+            with np.load(folder / file) as data:
+                return tuple(np.ascontiguousarray(data[k], dtype=np.float32) for k in keys)
+    return None
+
+
 def _verify(folder: Path, models: dict[str, nn.Module], precision: str, seed: int,
-            log: Callable[[str], None]) -> dict[str, Any]:
+            log: Callable[[str], None], *, parity_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """ORT vs torch per graph: results[graph][case] = {output: {max_abs, max_rel}}; case = the batch size of
+    random inputs ("1", "2") or "parity_case0" (the fixture's inputs, official architecture only)."""
     import onnxruntime as ort
 
     tol = TOLERANCE[precision]
     rng = np.random.default_rng(seed)
     results: dict[str, Any] = {}
     failures = []
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as many threads as the torch side is allowed
     for name, spec in GRAPHS.items():
         model = models[spec.model]
         wrapper = spec.wrap(model).eval()
-        session = ort.InferenceSession(str(folder / spec.file), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(folder / spec.file), options, providers=["CPUExecutionProvider"])
         results[name] = {}
-        for batch in VERIFY_BATCHES:
-            inputs = spec.example(model, batch, rng)
+        cases: list[tuple[str, tuple]] = [(str(b), spec.example(model, b, rng)) for b in VERIFY_BATCHES]
+        parity = _parity_inputs(name, model, parity_dir)
+        if parity is not None:
+            cases.append(("parity_case0", parity))
+        for batch, inputs in cases:
             with torch.no_grad():
                 ref = wrapper(*(torch.from_numpy(a) for a in inputs))
             ref = ref if isinstance(ref, tuple) else (ref,)
@@ -294,19 +379,25 @@ def _verify(folder: Path, models: dict[str, nn.Module], precision: str, seed: in
             for out_name, r, o in zip(spec.outputs(model), ref, got):
                 r = r.numpy()
                 if o.shape != r.shape:
-                    failures.append(f"{name}.{out_name} batch {batch}: shape {o.shape} != torch {r.shape}")
+                    failures.append(f"{name}.{out_name} {batch}: shape {o.shape} != torch {r.shape}")
                     continue
                 diff = float(np.abs(o.astype(np.float64) - r).max())
                 peak = float(np.abs(r).max())
                 errs[out_name] = {"max_abs": diff, "max_rel": diff / max(peak, 1e-12)}
                 if not diff <= tol["atol"] + tol["rtol"] * peak:
-                    failures.append(f"{name}.{out_name} batch {batch}: max abs error {diff:.3e} > "
+                    failures.append(f"{name}.{out_name} {batch}: max abs error {diff:.3e} > "
                                     f"{tol['atol']:g} + {tol['rtol']:g} * {peak:.3g}")
             results[name][str(batch)] = errs
-            log(f"verified {name} batch {batch}: " + ", ".join(f"{k} {v['max_abs']:.1e}" for k, v in errs.items()))
+            log(f"verified {name} {'batch ' if batch.isdigit() else ''}{batch}: " + ", ".join(f"{k} {v['max_abs']:.1e}" for k, v in errs.items()))
     if failures:
         raise ExportError("ONNX Runtime differs from torch beyond the tolerance:\n  " + "\n  ".join(failures))
     return results
+
+
+def _fingerprint(generator: TriplaneGenerator, controller: MotionController) -> str:
+    from otavatar.model import fingerprint
+
+    return fingerprint(generator, controller)
 
 
 def _coefficient_layout() -> dict[str, Any]:

@@ -291,8 +291,9 @@ def render(avatar_file: str, motion_spec: str, out: str, weights: str | None, ca
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: controller.onnx, generator.onnx, manifest.json (written atomically).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 18, dynamo exporter).")
-@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True,
-              help="Weights and activations precision.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Weights and compute precision (fp16: float16 inside, float32 inputs/outputs; needs "
+                   "onnxconverter-common).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim/onnxslim simplification.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare ONNX Runtime with torch on random inputs (batch 1 and 2); fail above the tolerance.")

@@ -31,7 +31,7 @@ def test_export_tiny_preset(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--out", "x"], "exactly one of --weights FILE or --preset"),
     (["--out", "x", "--preset", "tiny", "--weights", "w.safetensors"], "exactly one of"),
-    (["--out", "x", "--preset", "tiny", "--precision", "fp16"], "Invalid value for '--precision'"),
+    (["--out", "x", "--preset", "tiny", "--precision", "bf16"], "Invalid value for '--precision'"),
 ])
 def test_usage_errors(args, message):
     result = CliRunner().invoke(main, ["export", *args])

@@ -95,7 +95,7 @@ def tiny_models():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"precision": "fp8"}, "unknown precision 'fp8'; valid: fp32"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'; valid: fp32, fp16"),
     ({"opset": 17}, r"opset must be an integer in \[18,"),
     ({"opset": "18"}, "opset must be an integer"),
 ])
@@ -138,3 +138,83 @@ def test_models_for_export_sources(tmp_path, tiny_models):
     only_generator = save_models(tmp_path / "g.safetensors", generator=generator)
     with pytest.raises(ExportError, match="holds no controller"):
         models_for_export(weights=only_generator)
+
+
+# -- fp16 ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fp16_folder(tiny_export, tmp_path_factory):
+    """The shared fp32 export converted to fp16 graph by graph (what export_models(precision="fp16") does after
+    simplification), without a second torch export."""
+    pytest.importorskip("onnxconverter_common")
+    folder = tmp_path_factory.mktemp("fp16")
+    for spec in exporter.GRAPHS.values():
+        proto = exporter._to_fp16(onnx.load(str(tiny_export.folder / spec.file)))
+        onnx.save(proto, str(folder / spec.file))
+    return folder
+
+
+def test_fp16_graphs_keep_float32_io_and_block_list(fp16_folder):
+    for spec in exporter.GRAPHS.values():
+        proto = onnx.load(str(fp16_folder / spec.file))
+        for value in [*proto.graph.input, *proto.graph.output]:
+            assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, value.name
+        halves = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+        floats = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims]
+        assert halves and sum(np.prod(t.dims) for t in halves) > 10 * sum(np.prod(t.dims) for t in floats)
+        if spec.model == "generator":
+            produced = {o: n for n in proto.graph.node for o in n.output}
+            # every blocked op reads float32: a Cast to float (1) or a float32 producer feeds it
+            blocked = [n for n in proto.graph.node if n.op_type in ("CumSum", "Exp", "Log", "Softplus")]
+            assert blocked
+            for node in blocked:
+                src = produced.get(node.input[0])
+                assert src is not None and not (src.op_type == "Cast" and src.attribute[0].i == 10), node.name
+
+
+def test_fp16_verifies_within_its_tolerance(fp16_folder, tiny_export):
+    generator, controller = tiny_export.models()
+    results = exporter._verify(fp16_folder, {"controller": controller, "generator": generator}, "fp16", 0,
+                               lambda m: None)
+    image = results["generator"]["2"]["image"]
+    # measured 6.8e-3 on the tiny preset: float16 error, so clearly above fp32's ~1e-5 but inside fp16's bound
+    assert 1e-4 < image["max_abs"] < TOLERANCE["fp16"]["atol"]
+    assert results["controller"]["1"]["motion"]["max_rel"] < 5e-3
+    # the fp32 tolerance would reject the same graphs: the two bounds are not interchangeable
+    with pytest.raises(ExportError, match="beyond the tolerance"):
+        exporter._verify(fp16_folder, {"controller": controller, "generator": generator}, "fp32", 0,
+                         lambda m: None)
+
+
+@pytest.mark.slow
+def test_export_fp16_end_to_end(tmp_path, tiny_models):
+    pytest.importorskip("onnxconverter_common")
+    report = export_models(tmp_path / "fp16", *tiny_models, precision="fp16", verify=True)
+    manifest = read_manifest(tmp_path / "fp16")
+    assert manifest["precision"] == "fp16" and manifest["verify"]["tolerance"] == TOLERANCE["fp16"]
+    assert report.max_abs_error() < TOLERANCE["fp16"]["atol"]
+
+
+# -- parity inputs, fingerprint --------------------------------------------------------------------------------
+
+def test_parity_inputs_only_for_the_official_architecture(tiny_models):
+    from types import SimpleNamespace
+
+    from otavatar.config import ControllerConfig, GeneratorConfig
+
+    generator, controller = tiny_models
+    assert exporter._parity_inputs("generator", generator, None) is None
+    assert exporter._parity_inputs("controller", controller, None) is None
+    ws, c = exporter._parity_inputs("generator", SimpleNamespace(config=GeneratorConfig.official()), None)
+    assert ws.shape == (1, 14, 512) and c.shape == (1, 25) and ws.dtype == np.float32
+    (x,) = exporter._parity_inputs("controller", SimpleNamespace(config=ControllerConfig.official()), None)
+    assert x.shape == (2, 70, 27)
+    empty = exporter._parity_inputs("generator", SimpleNamespace(config=GeneratorConfig.official()), "/nonexistent")
+    assert empty is None
+
+
+def test_manifest_records_the_model_fingerprint(tiny_export):
+    from otavatar.model import fingerprint
+
+    generator, controller = tiny_export.models()
+    assert read_manifest(tiny_export.folder)["model_fingerprint"] == fingerprint(generator, controller)
