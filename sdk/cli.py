@@ -352,6 +352,60 @@ def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, res
     click.echo(summary.describe())
 
 
+# -- serve --------------------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--models", required=True, type=click.Path(file_okay=False, exists=True),
+              help="An export folder (otavatar export): controller.onnx, generator.onnx, manifest.json.")
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="The avatar store's folder (SQLite + avatar files; created).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=50051, show_default=True, help="0: any free port.")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Require 'authorization: Bearer TOKEN'; one 'TOKEN [TENANT]' per line.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None, help="Server certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None, help="Server key (PEM).")
+@click.option("--tls-client-ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Require client certificates signed by this CA (mutual TLS).")
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="The .safetensors the export came from, for CreateAvatar (default: the embedded model if it "
+                   "matches).")
+@click.option("--max-streams", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Concurrent RenderStreams; more get RESOURCE_EXHAUSTED at once.")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Avatar creations running or queued; more get RESOURCE_EXHAUSTED.")
+@click.option("--job-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Inversions at once.")
+@click.option("--steps", type=(click.IntRange(min=0), click.IntRange(min=0)), default=(100, 100), show_default=True,
+              metavar="W WP", help="Inversion steps (W stage, W+ stage).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Frames per ONNX Runtime run, across streams.")
+@click.option("--providers", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="ONNX Runtime (and torch) threads.")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds a SIGTERM drain waits for streams and jobs.")
+def serve(models: str, data: str, host: str, port: int, token_file: str | None, tls_cert: str | None,
+          tls_key: str | None, tls_client_ca: str | None, weights: str | None, max_streams: int, max_jobs: int,
+          job_workers: int, steps: tuple[int, int], max_batch: int, providers: str, threads: int | None,
+          grace: float) -> None:
+    """Serve avatars over gRPC (proto/avatar/v1/avatar.proto): CreateAvatar, RenderStream, health, drain on SIGTERM."""
+    try:
+        from otavatar.server import ServerConfig, run
+    except ImportError as e:
+        raise click.ClickException(f"serve needs the `serve` and `cpu` (or `gpu`) extras: {e}") from None
+    try:
+        config = ServerConfig(models=models, data=data, host=host, port=port, tokens=token_file, tls_cert=tls_cert,
+                              tls_key=tls_key, tls_client_ca=tls_client_ca, weights=weights, max_streams=max_streams,
+                              max_jobs=max_jobs, job_workers=job_workers, steps=steps, max_batch=max_batch,
+                              providers=providers, threads=threads, grace_s=grace)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        code = run(config)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)
+
+
 def _register_train() -> None:
     """`otavatar train ...` lives in otavatar.training.cli (click only at import; torch loads per command)."""
     from otavatar.training.cli import train

@@ -1,0 +1,140 @@
+"""Assemble and run the server: store recovery, the ONNX Runtime engine, the render loop, the inversion pool,
+gRPC (AvatarService + grpc.health.v1), TLS, and a graceful drain on SIGTERM / SIGINT.
+
+    server = Server(ServerConfig(models="out/onnx", data="var/avatars", port=0)).start()
+    print(server.port); ...; server.stop()
+
+Drain (reliability.md F6): health turns NOT_SERVING first; after `drain_delay_s` new RPCs get UNAVAILABLE and
+open streams end with UNAVAILABLE; running inversions get up to `grace_s` to finish (else they end FAILED with
+a reason); gRPC then stops with the remaining grace, and the process exits 0.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from . import config as C
+from .config import ServerConfig
+
+__all__ = ["Server", "run"]
+
+
+def _stderr(message: str) -> None:
+    print(f"otavatar serve: {message}", file=sys.stderr, flush=True)
+
+
+class Server:
+    def __init__(self, config: ServerConfig, log: Callable[[str], None] = _stderr) -> None:
+        self.config = config
+        self.log = log
+        self.port: int | None = None
+        self.recovery: Any = None
+        self._grpc: Any = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    def start(self) -> "Server":
+        import grpc
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+        from otavatar.runtime import Engine
+
+        from ._proto import avatar_pb2_grpc as pb_grpc
+        from .auth import TokenTable
+        from .jobs import InversionPool
+        from .scheduler import RenderScheduler, Stats
+        from .service import SERVICE_NAME, AvatarServicer
+        from .store import AvatarStore
+
+        cfg = self.config
+        tokens = TokenTable.load(cfg.tokens)
+        self.store = AvatarStore(cfg.data)
+        self.recovery = self.store.recover()
+        r = self.recovery
+        self.log(f"store {cfg.data}: integrity {r.integrity}; removed {r.temp_files_removed} temporary and "
+                 f"{r.orphan_blobs_removed} orphan files; {r.interrupted_failed} interrupted, {r.missing_blob_failed} "
+                 f"missing and {r.corrupt_blob_failed} corrupt avatars marked FAILED ({r.seconds * 1000:.0f} ms)")
+        self.engine = Engine(cfg.models, cfg.providers, threads=cfg.threads)
+        self.stats = Stats()
+        self.scheduler = RenderScheduler(self.engine, max_batch=cfg.max_batch, stats=self.stats)
+        self.pool = InversionPool(self.store, fingerprint=self.engine.manifest.get("model_fingerprint", ""),
+                                  weights=cfg.weights, steps=cfg.steps, workers=cfg.job_workers, max_jobs=cfg.max_jobs,
+                                  threads=cfg.threads, stats=self.stats, log=self.log)
+        self.servicer = AvatarServicer(config=cfg, store=self.store, engine=self.engine, scheduler=self.scheduler,
+                                       pool=self.pool, tokens=tokens, stats=self.stats)
+        # one thread per stream, per CreateAvatar progress stream, plus unary calls; beyond that the library
+        # answers RESOURCE_EXHAUSTED rather than queueing (maximum_concurrent_rpcs)
+        workers = cfg.max_streams + cfg.max_jobs + 8
+        options = [
+            ("grpc.max_receive_message_length", C.MAX_RECEIVE_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", C.MAX_SEND_MESSAGE_BYTES),
+            # clients may ping every 10 s (Unity / grpc-dotnet defaults) without a GOAWAY too_many_pings (L6)
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.keepalive_time_ms", 30000),        # the server pings idle peers: a frozen client is detected
+            ("grpc.keepalive_timeout_ms", 10000),
+            ("grpc.so_reuseport", 0),                 # a second server on the same port fails instead of sharing
+        ]
+        self._grpc = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otavatar-rpc"),
+                                 options=options, maximum_concurrent_rpcs=workers)
+        pb_grpc.add_AvatarServiceServicer_to_server(self.servicer, self._grpc)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        if cfg.tls_cert is not None:
+            client_ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca is not None else None
+            credentials = grpc.ssl_server_credentials([(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+                                                      root_certificates=client_ca,
+                                                      require_client_auth=client_ca is not None)
+            self.port = self._grpc.add_secure_port(cfg.address, credentials)
+        else:
+            self.port = self._grpc.add_insecure_port(cfg.address)
+        if not self.port:
+            raise OSError(f"cannot listen on {cfg.address}")
+        self._grpc.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        mode = "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext"
+        self.log(f"serving {cfg.models} on {cfg.host}:{self.port} ({mode}, auth {'on' if tokens.enabled else 'off'}, "
+                 f"{', '.join(self.engine.providers)}, up to {cfg.max_streams} streams)")
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain (module docstring) and stop; safe to call twice and from a signal handler's thread."""
+        with self._stop_lock:
+            if self._stopped.is_set() or self._grpc is None:
+                return
+            grace = self.config.grace_s if grace is None else grace
+            start = time.monotonic()
+            self.health.enter_graceful_shutdown()          # NOT_SERVING first, and it stays so
+            self.log("draining: health NOT_SERVING")
+            time.sleep(self.config.drain_delay_s)
+            self.servicer.draining = True
+            with self.scheduler.cond:
+                self.scheduler.cond.notify_all()
+            self.pool.shutdown(max(0.0, grace - (time.monotonic() - start)))
+            self._grpc.stop(max(0.0, grace - (time.monotonic() - start))).wait()
+            self.scheduler.stop()
+            self.store.close()
+            self.log(f"stopped in {time.monotonic() - start:.1f} s")
+            self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def run(config: ServerConfig) -> int:
+    """`otavatar serve`: start, drain on SIGTERM / SIGINT, return the exit code (0 after a clean drain)."""
+    server = Server(config).start()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.stop, name="otavatar-drain", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not server._stopped.wait(0.5):       # a plain wait() would not let Python run the signal handler
+        pass
+    return 0
