@@ -46,6 +46,7 @@ class Stats:
     frames_inflight: int = 0
     jobs_active: int = 0
     render_errors: int = 0
+    max_queue_depth: int = 0            # the deepest any stream's out queue got (bounded memory, F3)
 
 
 @dataclass
@@ -187,6 +188,7 @@ class RenderScheduler:
                             self.stats.frames_dropped += 1
                         stream.out.append(rendered)
                         stream.max_out = max(stream.max_out, len(stream.out))
+                        self.stats.max_queue_depth = max(self.stats.max_queue_depth, len(stream.out))
                 self.cond.notify_all()
 
     def _render(self, batch: list[tuple[StreamState, list[FrameJob]]]) -> list[Any]:

@@ -193,7 +193,7 @@ class ServerLimits(_message.Message):
     def __init__(self, max_streams: _Optional[int] = ..., max_jobs: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_send_message_bytes: _Optional[int] = ..., max_queue_depth: _Optional[int] = ..., idle_timeout_ms: _Optional[int] = ..., max_output_size: _Optional[int] = ..., max_abs_coefficient: _Optional[float] = ...) -> None: ...
 
 class ServerStats(_message.Message):
-    __slots__ = ("streams_active", "streams_opened", "streams_closed", "streams_rejected", "frames_rendered", "frames_dropped", "frames_inflight", "jobs_active", "render_errors")
+    __slots__ = ("streams_active", "streams_opened", "streams_closed", "streams_rejected", "frames_rendered", "frames_dropped", "frames_inflight", "jobs_active", "render_errors", "max_queue_depth")
     STREAMS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     STREAMS_OPENED_FIELD_NUMBER: _ClassVar[int]
     STREAMS_CLOSED_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +203,7 @@ class ServerStats(_message.Message):
     FRAMES_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     JOBS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     RENDER_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     streams_active: int
     streams_opened: int
     streams_closed: int
@@ -212,7 +213,8 @@ class ServerStats(_message.Message):
     frames_inflight: int
     jobs_active: int
     render_errors: int
-    def __init__(self, streams_active: _Optional[int] = ..., streams_opened: _Optional[int] = ..., streams_closed: _Optional[int] = ..., streams_rejected: _Optional[int] = ..., frames_rendered: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., frames_inflight: _Optional[int] = ..., jobs_active: _Optional[int] = ..., render_errors: _Optional[int] = ...) -> None: ...
+    max_queue_depth: int
+    def __init__(self, streams_active: _Optional[int] = ..., streams_opened: _Optional[int] = ..., streams_closed: _Optional[int] = ..., streams_rejected: _Optional[int] = ..., frames_rendered: _Optional[int] = ..., frames_dropped: _Optional[int] = ..., frames_inflight: _Optional[int] = ..., jobs_active: _Optional[int] = ..., render_errors: _Optional[int] = ..., max_queue_depth: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "model_fingerprint", "resolution", "coefficients_per_frame", "coefficient_layout", "window", "encodings", "limits", "providers", "can_create", "stats")
