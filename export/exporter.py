@@ -388,7 +388,8 @@ def _verify(folder: Path, models: dict[str, nn.Module], precision: str, seed: in
                     failures.append(f"{name}.{out_name} {batch}: max abs error {diff:.3e} > "
                                     f"{tol['atol']:g} + {tol['rtol']:g} * {peak:.3g}")
             results[name][str(batch)] = errs
-            log(f"verified {name} {'batch ' if batch.isdigit() else ''}{batch}: " + ", ".join(f"{k} {v['max_abs']:.1e}" for k, v in errs.items()))
+            shown = ", ".join(f"{k} {v['max_abs']:.1e}" for k, v in errs.items())
+            log(f"verified {name} {'batch ' if batch.isdigit() else ''}{batch}: {shown}")
     if failures:
         raise ExportError("ONNX Runtime differs from torch beyond the tolerance:\n  " + "\n  ".join(failures))
     return results
