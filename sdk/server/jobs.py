@@ -130,6 +130,11 @@ class InversionPool:
                 raise Unavailable("interrupted: the server shut down before this avatar was created")
             from otavatar.avatar import Avatar
 
+            if self.threads:    # process-wide; set per job because an embedding application may have changed it
+                import torch
+
+                torch.set_num_threads(self.threads)
+
             def progress(step: Any) -> bool:
                 job.update(step=step.step + 1, total=step.total, loss=float(step.loss))
                 if step.step == 0:

@@ -104,6 +104,8 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
             portrait = self._prepare(request)
         except ValueError as e:    # otavatar.media.MediaError is a ValueError: bad bytes, too big, no face, ...
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except ImportError as e:   # the face detector's weights package is missing: aligned portraits still work
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{e} (or send an aligned portrait: aligned=true)")
         try:
             job = self.pool.submit(tenant, portrait, request.name)
         except PoolFull as e:
