@@ -57,5 +57,10 @@ def test_protoc_csharp_accepts_the_proto(tmp_path):
     assert done.returncode == 0, done.stderr
     source = (tmp_path / "Avatar.cs").read_text()
     assert "namespace Otavatar.Avatar.V1" in source and "class RenderRequest" in source
+    # the names examples/unity/AvatarClient.cs uses exist in the generated code
+    for name in ("class StreamHeader", "class CoefficientFrame", "class EndOfStream", "class RenderResponse",
+                 "RawRgba8 = 2", "Causal = 2", "Centered = 1", "Portrait = 1", "Latest = 2", "public long Index",
+                 "public int QueueDepth", "public pb::ByteString Data"):
+        assert name in source, name
     if plugin:
         assert "AvatarServiceClient" in (tmp_path / "AvatarGrpc.cs").read_text()
