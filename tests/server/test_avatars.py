@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import time
 from pathlib import Path
 
 import grpc
@@ -182,3 +183,22 @@ def test_s4_serving_code_has_no_pickle_loading():
              REPO / "sdk" / "client.py"]
     hits = [f"{f}:{i}" for f in files for i, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
+
+
+def test_job_queue_full_is_resource_exhausted_at_once(server, client, portrait):
+    image, camera = portrait
+    ids = [client.create_avatar(image, camera=camera, aligned=True, wait=False) for _ in range(server.config.max_jobs)]
+    try:
+        assert all(client.get_avatar(i).state == "PENDING" for i in ids)
+        with pytest.raises(grpc.RpcError) as err:
+            client.create_avatar(image, camera=camera, aligned=True)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert ("retry-after-ms", "1000") in tuple(err.value.trailing_metadata())
+    finally:
+        for i in ids:                   # deleted while PENDING: the job ends without leaving a blob behind
+            client.delete_avatar(i)
+    deadline = time.monotonic() + 60
+    while server.pool.active() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.pool.active() == 0
+    assert not any(server.store.blob_path(i).exists() for i in ids)

@@ -217,15 +217,14 @@ def test_admission_rejects_at_once_when_full(server, stub, ready_avatar):
     deadline = time.monotonic() + 10
     while server.stats.streams_active < server.config.max_streams and time.monotonic() < deadline:
         time.sleep(0.02)
-    start = time.monotonic()
+    # the held streams are released only after this call returns: a queued call would wait for them and then
+    # succeed, so RESOURCE_EXHAUSTED here means "refused at once"
     _, err = run_raw(stub, [header(ready_avatar), END])
-    rejected_after = time.monotonic() - start
     release.set()
     for call in calls:
         assert list(call) == []
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
     assert ("retry-after-ms", "1000") in tuple(err.trailing_metadata())
-    assert rejected_after < 5    # not queued behind the held streams (they are released only afterwards)
     wait_idle(server)
 
 
