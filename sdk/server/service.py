@@ -324,8 +324,8 @@ class AvatarServicer(pb_grpc.AvatarServiceServicer):
                     return self._fail(session, f"a {kind or 'message'} after the end marker")
                 if not state:
                     if kind != "header":
-                        return self._fail(session, "the first message must be a header, got "
-                                                   f"{'a frame (index ' + str(request.frame.index) + ')' if kind == 'frame' else kind or 'an empty message'}")
+                        got = f"a frame (index {request.frame.index})" if kind == "frame" else kind or "an empty message"
+                        return self._fail(session, f"the first message must be a header, got {got}")
                     problem = self._open(request.header, session, tenant, state)
                     if problem is not None:
                         return self._fail(session, *problem)

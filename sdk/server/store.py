@@ -168,7 +168,8 @@ class AvatarStore:
         with self._lock:
             updated = self._db.execute(
                 "UPDATE avatars SET state = ?, reason = '', sha256 = ?, fingerprint = ?, updated = ? "
-                "WHERE id = ? AND state = ?", (READY, _sha256(data), fingerprint, time.time(), avatar_id, PENDING)).rowcount
+                "WHERE id = ? AND state = ?",
+                (READY, _sha256(data), fingerprint, time.time(), avatar_id, PENDING)).rowcount
         if not updated:      # deleted while it was being created: no row, so no blob either
             self.blob_path(avatar_id).unlink(missing_ok=True)
             raise ValueError(f"avatar {avatar_id} was deleted while it was being created")

@@ -25,7 +25,8 @@ BAD_METADATA = {
 
 def _calls(stub, avatar_id):
     return {
-        "CreateAvatar": lambda md: list(stub.CreateAvatar(pb.CreateAvatarRequest(image=b"x", aligned=True), metadata=md)),
+        "CreateAvatar": lambda md: list(stub.CreateAvatar(pb.CreateAvatarRequest(image=b"x", aligned=True),
+                                                          metadata=md)),
         "GetAvatar": lambda md: stub.GetAvatar(pb.GetAvatarRequest(avatar_id=avatar_id), metadata=md),
         "ListAvatars": lambda md: stub.ListAvatars(pb.ListAvatarsRequest(), metadata=md),
         "DeleteAvatar": lambda md: stub.DeleteAvatar(pb.DeleteAvatarRequest(avatar_id=avatar_id), metadata=md),

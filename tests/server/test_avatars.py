@@ -38,7 +38,8 @@ def test_create_avatar_reports_progress_and_renders(server, client, portrait):
     assert re.fullmatch(r"av_[0-9a-f]{32}", avatar_id)
     assert steps[-1] == (2, 2) and (1, 2) in steps                  # (1, 1) inversion steps
     info = client.get_avatar(avatar_id)
-    assert (info.state, info.name, info.model_fingerprint) == ("READY", "synth", server.engine.manifest["model_fingerprint"])
+    fingerprint = server.engine.manifest["model_fingerprint"]
+    assert (info.state, info.name, info.model_fingerprint) == ("READY", "synth", fingerprint)
     assert next(client.stream(avatar_id, coeff_rows(1), window="causal")).shape == (128, 128, 3)
     blob = client.export_avatar(avatar_id)
     from otavatar.runtime import AvatarLatent

@@ -105,7 +105,8 @@ def test_b3_wrong_coefficient_count(stub, ready_avatar, count):
 
 
 @pytest.mark.parametrize("value, match", [(np.nan, "coefficient 5 is nan"), (np.inf, "coefficient 5 is inf"),
-                                          (-np.inf, "coefficient 5 is -inf"), (1e38, "coefficient 5 = 1e+38 is outside")])
+                                          (-np.inf, "coefficient 5 is -inf"),
+                                          (1e38, "coefficient 5 = 1e+38 is outside")])
 def test_b4_non_finite_and_out_of_range(stub, ready_avatar, value, match):
     bad = np.zeros(70, np.float32)
     bad[5] = value
