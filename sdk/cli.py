@@ -377,15 +377,15 @@ def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, res
 @click.option("--job-workers", type=click.IntRange(min=1), default=1, show_default=True, help="Inversions at once.")
 @click.option("--steps", type=(click.IntRange(min=0), click.IntRange(min=0)), default=(100, 100), show_default=True,
               metavar="W WP", help="Inversion steps (W stage, W+ stage).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Frames per ONNX Runtime run, across streams.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Frames per ONNX Runtime run, across streams (default: 1 on CPU, 4 on GPU).")
 @click.option("--providers", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="ONNX Runtime (and torch) threads.")
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds a SIGTERM drain waits for streams and jobs.")
 def serve(models: str, data: str, host: str, port: int, token_file: str | None, tls_cert: str | None,
           tls_key: str | None, tls_client_ca: str | None, weights: str | None, max_streams: int, max_jobs: int,
-          job_workers: int, steps: tuple[int, int], max_batch: int, providers: str, threads: int | None,
+          job_workers: int, steps: tuple[int, int], max_batch: int | None, providers: str, threads: int | None,
           grace: float) -> None:
     """Serve avatars over gRPC (proto/avatar/v1/avatar.proto): CreateAvatar, RenderStream, health, drain on SIGTERM."""
     try:

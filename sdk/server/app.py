@@ -60,7 +60,8 @@ class Server:
                  f"missing and {r.corrupt_blob_failed} corrupt avatars marked FAILED ({r.seconds * 1000:.0f} ms)")
         self.engine = Engine(cfg.models, cfg.providers, threads=cfg.threads)
         self.stats = Stats()
-        self.scheduler = RenderScheduler(self.engine, max_batch=cfg.max_batch, stats=self.stats)
+        max_batch = cfg.max_batch or (1 if self.engine.providers == ["CPUExecutionProvider"] else 4)
+        self.scheduler = RenderScheduler(self.engine, max_batch=max_batch, stats=self.stats)
         self.pool = InversionPool(self.store, fingerprint=self.engine.manifest.get("model_fingerprint", ""),
                                   weights=cfg.weights, steps=cfg.steps, workers=cfg.job_workers, max_jobs=cfg.max_jobs,
                                   threads=cfg.threads, stats=self.stats, log=self.log)

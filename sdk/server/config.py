@@ -1,7 +1,7 @@
 """The server's settings: one frozen dataclass, validated once (the CLI and the tests build it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 2**20
@@ -43,13 +43,15 @@ class ServerConfig:
     max_jobs: int = 4                    # inversion jobs running + queued; more: RESOURCE_EXHAUSTED
     job_workers: int = 1                 # inversions at once (each is CPU/GPU heavy)
     steps: tuple[int, int] = (100, 100)  # inversion (W steps, W+ steps), the published default
-    max_batch: int = 4                   # frames per ONNX Runtime run, across streams
+    # frames per ONNX Runtime run, across streams. None: 1 on the CPU EP, where a run of B frames costs B single
+    # runs (benchmarks/results/serve-cpu.json: batching only added latency), 4 on a GPU EP, where a batch fills
+    # the device better (not measured in this project yet)
+    max_batch: int | None = None
     providers: str = "auto"
     threads: int | None = None           # ONNX Runtime intra-op threads (and torch's for inversion)
     idle_timeout_s: float = IDLE_TIMEOUT_S
     grace_s: float = 10.0                # SIGTERM: streams get a final status within this (reliability.md F6)
     drain_delay_s: float = 0.5           # NOT_SERVING this long before refusing, so health checkers notice
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("models", "data", "tokens", "tls_cert", "tls_key", "tls_client_ca", "weights"):
@@ -64,6 +66,8 @@ class ServerConfig:
             raise ValueError(f"port must be 0..65535, got {self.port!r}")
         for name in ("max_streams", "max_jobs", "job_workers", "max_batch"):
             value = getattr(self, name)
+            if name == "max_batch" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         steps = tuple(self.steps)
