@@ -45,6 +45,16 @@ def _w_avg_avatar(model, folder: Path) -> Path:
     return avatar.save(folder / "tiny.avatar")
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, np.float64)
     return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2)}
@@ -151,7 +161,7 @@ def main() -> None:
         "benchmark": "otavatar serve: concurrent RenderStreams on loopback", "otavatar": otavatar.__version__,
         "onnxruntime": onnxruntime.__version__, "providers": providers, "ort_threads": args.threads,
         "model": str(models) if args.models else "tiny preset, seeded random init (seed 0)",
-        "resolution": resolution, "cpu": platform.processor() or platform.machine(),
+        "resolution": resolution, "cpu": _cpu_name(),
         "encoding": "RAW_RGB8", "window": "causal", "delivery": "ALL (lossless, paced by the server)",
         "latency_note": "saturated rows: end_to_end includes the client's backlog (all frames offered at once); "
                         "paced rows give the real-time latency at 80% of the sustained rate",
