@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,11 @@ def test_protoc_csharp_accepts_the_proto(tmp_path):
         assert name in source, name
     if plugin:
         assert "AvatarServiceClient" in (tmp_path / "AvatarGrpc.cs").read_text()
+
+
+def test_client_and_server_imports_stay_light():
+    """`import otavatar.client, otavatar.server` loads no grpc, torch or onnxruntime until used."""
+    code = ("import sys, otavatar.client, otavatar.server\n"
+            "print([m for m in ('grpc', 'torch', 'onnxruntime', 'google.protobuf') if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
