@@ -163,10 +163,12 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
 @click.option("--steps", nargs=2, type=click.IntRange(min=0), default=(100, 100), show_default=True,
               help="Inversion steps: W then W+.")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Inversion learning rate.")
+@click.option("--identity-encoder", default="synthheads", show_default=True,
+              help="The inversion's identity term: 'synthheads', an ArcFace ResNet-18 file, or 'none'.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, steps: tuple[int, int],
-             lr: float, json_out: str | None, threads: int | None) -> None:
+             lr: float, identity_encoder: str, json_out: str | None, threads: int | None) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
     from otavatar.inversion import InversionConfig
     from otavatar.training.evaluate import evaluate_reenactment
@@ -178,6 +180,11 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
         raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
     config = InversionConfig(w_steps=max(1, steps[0]), wplus_steps=steps[1], lr=lr,
                              sr_steps=min(10, max(1, steps[0] // 10)))
+    from otavatar import inversion
+    from otavatar.training.objective import ReconstructionLoss
+
+    losses = ReconstructionLoss.from_files(models.generator, weights=config.weights,
+                                           identity_encoder=None if identity_encoder == "none" else identity_encoder)
     import numpy as np
 
     from otavatar.training.evaluate import default_pairs
@@ -187,7 +194,8 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     chosen = chosen if pairs is None else chosen[:pairs]
     report = evaluate_reenactment(models.generator, models.controller if mode == "controller" else None,
                                   truth_npz=str(truth), pairs=chosen, frames=frames, mode=mode,
-                                  inversion=config)
+                                  inversion=config, render_fn=inversion.render_motion,
+                                  invert_fn=lambda *a, **k: inversion.invert(*a, losses=losses, **k))
     click.echo(report.table())
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
