@@ -434,7 +434,7 @@ class Avatar:
         import otavatar
         from safetensors.torch import save_file
 
-        from otavatar.weights.io import _atomic_write
+        from otavatar.fileio import atomic_write
 
         path = Path(path)
         tensors = {"ws": self.ws.detach().cpu().contiguous().clone(),
@@ -448,7 +448,7 @@ class Avatar:
                   "metadata": json.dumps(self.metadata, sort_keys=True, default=str)}
         if not path.parent.is_dir():
             raise FileNotFoundError(f"folder {path.parent} does not exist")
-        _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
         return path
 
     @classmethod

@@ -26,6 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from PIL import Image
 
+from otavatar.fileio import fsync_dir
+
 __all__ = ["write_video", "contact_sheet", "VIDEO_SUFFIXES", "DEFAULT_CRF"]
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".png")
@@ -122,19 +124,6 @@ def _write_mp4(tmp: Path, arr: np.ndarray, fps: float, crf: int) -> None:
         writer.close()
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:                                         # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_video(path: str | os.PathLike, frames: ArrayLike, fps: float = 25.0, *, quality: int | None = None,
                 columns: int | None = None) -> Path:
     """Write frames (uint8 [T,H,W,3], or one [H,W,3]) to `path`, the format chosen by its suffix:
@@ -174,7 +163,7 @@ def write_video(path: str | os.PathLike, frames: ArrayLike, fps: float = 25.0, *
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

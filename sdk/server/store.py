@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from otavatar.fileio import fsync_dir
+
 __all__ = ["AvatarStore", "AvatarRecord", "RecoveryReport", "validate_id", "new_id", "ID_PATTERN",
            "PENDING", "READY", "FAILED"]
 
@@ -97,14 +99,6 @@ class RecoveryReport:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AvatarStore:
@@ -216,7 +210,7 @@ class AvatarStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.blobs)
+        fsync_dir(self.blobs)
         crash_point("after_rename")
 
     # -- recovery --------------------------------------------------------------------------------------------
@@ -251,7 +245,7 @@ class AvatarStore:
                 path.unlink()
                 orphans += 1
         if temps or orphans:
-            _fsync_dir(self.blobs)
+            fsync_dir(self.blobs)
         integrity = self._execute("PRAGMA integrity_check")[0][0]
         return RecoveryReport(temps, orphans, len(interrupted), missing, corrupt, integrity,
                               time.perf_counter() - start)

@@ -47,7 +47,7 @@ def save_network(path: str | os.PathLike, module: nn.Module, *, kind: str, confi
     files (probe 4.1 -> 2.0 MB) and changed the default probe's test landmark error by < 0.01 px."""
     from safetensors.torch import save_file
 
-    from otavatar.weights.io import _atomic_write
+    from otavatar.fileio import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def save_network(path: str | os.PathLike, module: nn.Module, *, kind: str, confi
              for k, v in module.state_dict().items()}
     meta = {"kind": kind, "format": str(_FORMAT), "config": json.dumps(asdict(config)),
             "report": json.dumps(report or {})}
-    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return path
 
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from otavatar.weights.io import _atomic_write
+from otavatar.fileio import atomic_write
 
 __all__ = ["RunDir", "image_grid", "to_uint8"]
 
@@ -83,8 +83,8 @@ class RunDir:
         save_models(self.path / "checkpoint.safetensors", metadata={"step": step, **(info or {})}, **models)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in extra.items()}
         if tensors:
-            _atomic_write(self.path / "extra.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-        _atomic_write(self.path / "optim.pt",
+            atomic_write(self.path / "extra.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(self.path / "optim.pt",
                       lambda tmp: torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp))
         # state.json last: a run is resumable only once everything it names is on disk
         _write_text(self.path / "state.json", json.dumps({"step": step, "seconds": seconds}))
@@ -145,4 +145,4 @@ def _jsonable(x: Any) -> Any:
 
 
 def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from otavatar.config import ControllerConfig, GeneratorConfig
+from otavatar.fileio import atomic_write
 
 from .state import WeightsError, _summarise, load_strict
 
@@ -90,7 +90,7 @@ def save_models(path: str | os.PathLike[str], *, generator: "TriplaneGenerator |
         raise WeightsError(f"refusing to save non-finite values in: {_summarise(non_finite)}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     return path
 
 
@@ -193,33 +193,3 @@ def _package_version() -> str:
 
     return otavatar.__version__
 
-
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` for a temporary file beside `path`, then fsync and rename it over `path`."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        # mkstemp makes the file 0600; give it what a plain open() would (or the old file's mode)
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory handles (Windows): the rename is what we can do
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
