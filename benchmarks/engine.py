@@ -11,8 +11,10 @@ Protocol per stage: one warm-up, then the median of --repeats (as benchmarks/sta
     .venv/bin/python benchmarks/engine.py --presets official --batches 1 --profile
     .venv/bin/python benchmarks/engine.py --processes 3                      # median over fresh processes
 
-Writes JSON (default benchmarks/results/engine-cpu.json). Seeded random weights: the work per frame does not
-depend on the weights (fixed sample counts). Exports are cached under --cache (default a temp folder).
+Writes JSON (default benchmarks/results/engine-cpu.json). Weights: `official` loads the parity recipe (non-zero
+biases and noise strengths, as in the published checkpoints: with the zero biases of a fresh init the simplifier
+drops those Adds and the graph is lighter than a real one); `tiny` a seeded init. The work per frame does not
+otherwise depend on the weights (fixed sample counts). Exports are cached under --cache (default a temp folder).
 """
 from __future__ import annotations
 
@@ -45,16 +47,38 @@ def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     return times
 
 
-def export_folder(preset: str, precision: str, cache: Path) -> Path:
-    """The preset's seeded export (fp32 or fp16), made once per cache folder."""
-    folder = cache / f"{preset}-{precision}"
+def benchmark_models(preset: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(generator, controller, source): `official` with the parity recipe's weights when its folder is found
+    (benchmarks/parity.py), else -- and for `tiny` -- the preset's seeded random init."""
+    from otavatar.export import models_for_export
+
+    if preset == "official":
+        from parity import PARITY_DIRS, load_recipe
+
+        parity_dir = next((d for d in PARITY_DIRS if d.is_dir()), None)
+        if parity_dir is not None:
+            from otavatar.models import MotionController, TriplaneGenerator
+
+            recipe = load_recipe(parity_dir)
+            keys = {n: json.loads((parity_dir / f"{n}_keys.json").read_text()) for n in ("eg3d", "controller")}
+            generator = TriplaneGenerator.official().eval()
+            generator.load_official_state_dict(recipe(keys["eg3d"], seed=0))
+            controller = MotionController.official().eval()
+            controller.load_official_state_dict(recipe(keys["controller"], seed=0))
+            return generator, controller, {"preset": preset, "init": "parity recipe, seed 0", "sha256": None}
+    return models_for_export(preset=preset, seed=0)
+
+
+def export_folder(preset: str, precision: str, cache: Path, models: tuple[Any, Any, dict[str, Any]]) -> Path:
+    """The preset's export (fp32 or fp16) of `models`, made once per cache folder and weights."""
+    folder = cache / f"{preset}-{precision}-{models[2]['init'].replace(' ', '').replace(',', '-')}"
     if not (folder / "manifest.json").is_file():
         import torch
 
-        from otavatar.export import export_models, models_for_export
+        from otavatar.export import export_models
 
         torch.set_num_threads(1)
-        generator, controller, source = models_for_export(preset=preset, seed=0)
+        generator, controller, source = models
         export_models(folder, generator, controller, precision=precision, verify=False, source=source)
     return folder
 
@@ -63,14 +87,12 @@ def run_preset(preset: str, batches: tuple[int, ...], args: argparse.Namespace) 
     import torch
 
     from otavatar.camera import look_at_camera
-    from otavatar.models import MotionController, TriplaneGenerator
     from otavatar.runtime import Engine
 
-    folder = export_folder(preset, args.precision, args.cache)
+    models = benchmark_models(preset)
+    folder = export_folder(preset, args.precision, args.cache, models)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    G = getattr(TriplaneGenerator, preset)().eval()
-    C = getattr(MotionController, preset)().eval()
+    G, C, source = models
     engine = Engine(folder, providers=args.providers, threads=args.threads)
     results: dict[str, Any] = {}
     for b in batches:
@@ -105,7 +127,7 @@ def run_preset(preset: str, batches: tuple[int, ...], args: argparse.Namespace) 
               f"{row['ort_speedup']:.2f}x  [controller {row['torch']['ms']['controller']:.1f} / "
               f"{row['ort']['ms']['controller']:.1f} ms, generator {row['torch']['ms']['generator']:.0f} / "
               f"{row['ort']['ms']['generator']:.0f} ms]", flush=True)
-    record: dict[str, Any] = {"batches": results, "providers": engine.providers}
+    record: dict[str, Any] = {"batches": results, "providers": engine.providers, "weights": source["init"]}
     if args.profile:
         record["profile"] = profile(folder, args, G.num_ws, G.config.w_dim)
     return record

@@ -9,6 +9,9 @@ lowest opset the dynamo exporter targets natively (lower ones go through the ONN
 
 One table (`GRAPHS`) drives everything: wrapper, input/output names and shapes, example inputs, verification.
 
+After simplification, `otavatar.export.passes` rewrites the graphs into ops ONNX Runtime runs faster (exact up to
+float32 rounding; `optimize=False` / `--no-optimize` skips them); the manifest's "passes" says what changed.
+
 fp16 (`precision="fp16"`): the simplified fp32 graphs are converted with onnxconverter-common's
 `convert_float_to_float16(keep_io_types=True)` -- weights and compute in float16, inputs and outputs float32 --
 with the ops in `FP16_OP_BLOCK` kept in float32 (see there). Verification always compares against the fp32
@@ -34,6 +37,8 @@ from torch import Tensor, nn
 import otavatar
 from otavatar import coeffs
 from otavatar.camera import look_at_camera
+from otavatar.export.passes import STABLE_SOFTPLUS_TAG
+from otavatar.export.passes import optimize as optimize_graph
 from otavatar.models import MotionController, TriplaneGenerator
 from otavatar.runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, META_PREFIX, sha256_file
 
@@ -52,7 +57,7 @@ VERIFY_BATCHES = (1, 2)
 # Ops kept in float32 in fp16 graphs. IsInf/IsNaN: float16 inputs need opset 20 (we write 18). CumSum, Exp,
 # Log: the volume-rendering transmittance exp(cumsum(log(1 - alpha))) and the importance-sampling CDF, where
 # float16's 1e-3 steps near 1 would shift the sampled depths; Softplus: the density activation (its tail below
-# float16's 6e-5 subnormal range). On the tiny preset the block list changes the error by < 1e-5 (image 6.81e-3
+# float16's 6e-5 subnormal range) -- and likewise every node of its stable form (passes.stable_softplus). On the tiny preset the block list changes the error by < 1e-5 (image 6.81e-3
 # both ways) and costs nothing measurable on CPU; it is kept for the official depth range (12 + 48 samples).
 FP16_OP_BLOCK = ("CumSum", "Exp", "Log", "Softplus", "IsInf", "IsNaN")
 # the published networks' parity fixtures (tests/fixtures/parity, or $OTAVATAR_PARITY_DIR): their inputs are
@@ -140,6 +145,7 @@ class ExportReport:
     exporter: str
     simplifier: str
     verify: dict[str, Any] = field(default_factory=dict)   # graph -> batch -> output -> {max_abs, max_rel}
+    passes: dict[str, dict[str, int]] = field(default_factory=dict)   # graph -> pass -> sites rewritten
     seconds: float = 0.0
 
     def max_abs_error(self) -> float:
@@ -148,6 +154,9 @@ class ExportReport:
     def summary(self) -> str:
         lines = [f"wrote {self.out_dir} ({', '.join(sorted(self.files))}) in {self.seconds:.1f} s",
                  f"exporter {self.exporter}, opset {self.opset}, {self.precision}, simplifier {self.simplifier}"]
+        for graph, counts in self.passes.items():
+            if any(counts.values()):
+                lines.append(f"passes {graph}: " + ", ".join(f"{k} x{v}" for k, v in counts.items() if v))
         for graph, batches in self.verify.items():
             for batch, outs in batches.items():
                 errs = ", ".join(f"{k} abs {v['max_abs']:.2e} rel {v['max_rel']:.2e}" for k, v in outs.items())
@@ -161,7 +170,7 @@ class ExportReport:
 
 def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator, controller: MotionController,
                   opset: int = DEFAULT_OPSET, precision: str = "fp32", verify: bool = True, *,
-                  simplify: bool = True, source: dict[str, Any] | None = None, seed: int = 0,
+                  simplify: bool = True, optimize: bool = True, source: dict[str, Any] | None = None, seed: int = 0,
                   log: Callable[[str], None] | None = None,
                   parity_dir: str | os.PathLike[str] | None = None) -> ExportReport:
     """Write controller.onnx, generator.onnx and manifest.json to `out_dir` (built in a temporary folder beside
@@ -169,7 +178,8 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
     With `verify`, ONNX Runtime is compared with torch on random inputs (batch 1 and 2) -- and, for the official
     architecture, on the parity fixtures' inputs (`parity_dir`, default tests/fixtures/parity of a source
     checkout or $OTAVATAR_PARITY_DIR) -- and the export fails, leaving nothing behind, when an output differs by
-    more than `TOLERANCE[precision]`. precision "fp16": float16 weights and compute, float32 inputs/outputs."""
+    more than `TOLERANCE[precision]`. precision "fp16": float16 weights and compute, float32 inputs/outputs.
+    `optimize`: apply `otavatar.export.passes` after simplification."""
     log = log or (lambda message: None)
     _validate(generator, controller, opset, precision)
     import onnx
@@ -195,6 +205,7 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
         }
         graphs: dict[str, Any] = {}
         simplifiers = set()
+        passes: dict[str, dict[str, int]] = {}
         for name, spec in GRAPHS.items():
             model = models[spec.model]
             log(f"exporting {name} ...")
@@ -203,6 +214,7 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
             proto = onnx.load(str(path))
             proto, simplifier = _simplify(proto, simplify)
             simplifiers.add(simplifier)
+            passes[name] = optimize_graph(proto) if optimize else {}
             if precision == "fp16":
                 proto = _to_fp16(proto)
             io = {"inputs": _io(spec.inputs(model)), "outputs": _io(spec.outputs(model))}
@@ -220,7 +232,8 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
         if verify:
             report_verify = _verify(tmp, models, precision, seed, log, parity_dir=parity_dir)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {**common, "simplifier": "+".join(sorted(simplifiers)), "graphs": graphs, "files": files,
+        manifest = {**common, "simplifier": "+".join(sorted(simplifiers)), "passes": passes, "graphs": graphs,
+                    "files": files,
                     "verify": {"tolerance": TOLERANCE[precision], "results": report_verify} if verify else None}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _replace_dir(tmp, out_dir)
@@ -228,7 +241,7 @@ def export_models(out_dir: str | os.PathLike[str], generator: TriplaneGenerator,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportReport(out_dir=out_dir, files=files, opset=opset, precision=precision, exporter=exporter,
-                        simplifier=manifest["simplifier"], verify=report_verify,
+                        simplifier=manifest["simplifier"], verify=report_verify, passes=passes,
                         seconds=time.perf_counter() - started)
 
 
@@ -308,7 +321,8 @@ def _to_fp16(proto: Any) -> Any:
         # float16's range, which is the conversion's purpose; the verify step measures the effect
         warnings.simplefilter("ignore", UserWarning)
         converted = float16.convert_float_to_float16(
-            proto, keep_io_types=True, op_block_list=[*FP16_OP_BLOCK, *float16.DEFAULT_OP_BLOCK_LIST])
+            proto, keep_io_types=True, op_block_list=[*FP16_OP_BLOCK, *float16.DEFAULT_OP_BLOCK_LIST],
+            node_block_list=[n.name for n in proto.graph.node if STABLE_SOFTPLUS_TAG in n.name])
     # the converter leaves some intermediate value_info at float32; ONNX Runtime re-infers every type
     del converted.graph.value_info[:]
     return converted

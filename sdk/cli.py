@@ -295,11 +295,13 @@ def render(avatar_file: str, motion_spec: str, out: str, weights: str | None, ca
               help="Weights and compute precision (fp16: float16 inside, float32 inputs/outputs; needs "
                    "onnxconverter-common).")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim/onnxslim simplification.")
+@click.option("--no-optimize", is_flag=True,
+              help="Skip the graph rewrites for ONNX Runtime speed (otavatar.export.passes; exact to fp32 rounding).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Compare ONNX Runtime with torch on random inputs (batch 1 and 2); fail above the tolerance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the preset init and verify inputs.")
 def export(weights: str | None, preset: str | None, out_dir: str, opset: int, precision: str, no_simplify: bool,
-           verify: bool, seed: int) -> None:
+           no_optimize: bool, verify: bool, seed: int) -> None:
     """Export the controller and the generator to ONNX (dynamic batch) with a manifest of hashes and configs."""
     if (weights is None) == (preset is None):
         raise click.UsageError("give exactly one of --weights FILE or --preset official|tiny")
@@ -311,7 +313,7 @@ def export(weights: str | None, preset: str | None, out_dir: str, opset: int, pr
     try:
         generator, controller, source = models_for_export(weights, preset, seed)
         report = export_models(out_dir, generator, controller, opset=opset, precision=precision, verify=verify,
-                               simplify=not no_simplify, source=source, seed=seed,
+                               simplify=not no_simplify, optimize=not no_optimize, source=source, seed=seed,
                                log=lambda m: click.echo(m, err=True))
     except ImportError as e:
         raise click.ClickException(f"export needs the `export` extra (and `cpu` for --verify): {e}") from None
