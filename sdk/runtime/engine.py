@@ -63,7 +63,10 @@ class Engine:
     "tensorrt", or an explicit list of ONNX Runtime execution-provider names.
     threads: ONNX Runtime intra-op threads (None: its default, one per physical core). Sessions run
     sequentially with every graph optimisation enabled (ORT_ENABLE_ALL: constant folding, Conv+Add/Mul fusion,
-    layout transforms), the settings that matter on CPU (benchmarks/engine.py).
+    layout transforms), the settings that matter on CPU (benchmarks/engine.py). The controller's session does
+    not spin-wait for work: each session has its own intra-op threads, and the controller's, spinning after
+    its sub-millisecond run, took the cores from the generator run that follows (tiny, batch 1: 94 ms per
+    driven frame against 49 ms for the generator alone; benchmarks/engine.py).
     """
 
     def __init__(self, model_dir: str | Path, providers: str | Sequence[str] = "auto", *, threads: int | None = None):
@@ -72,13 +75,8 @@ class Engine:
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir)
         self.requested_providers = _resolve_providers(providers, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-                raise ValueError(f"threads must be a non-negative int (0: ONNX Runtime's default), got {threads!r}")
-            options.intra_op_num_threads = threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise ValueError(f"threads must be a non-negative int (0: ONNX Runtime's default), got {threads!r}")
         self._sessions: dict[str, Any] = {}
         self._io: dict[str, dict[str, list]] = {}
         for name, graph in self.manifest.get("graphs", {}).items():
@@ -86,6 +84,7 @@ class Engine:
                 raise ManifestError(f"{self.model_dir}: graph {name!r} file {graph.get('file')!r} has no sha256 in "
                                     "the manifest")
             path = self.model_dir / graph["file"]
+            options = _session_options(ort, threads, spin=name != "controller")
             session = ort.InferenceSession(str(path), sess_options=options, providers=self.requested_providers)
             self._check_metadata(name, path, session.get_modelmeta().custom_metadata_map)
             self._sessions[name] = session
@@ -308,6 +307,17 @@ def _device_arrays(providers: Sequence[str]) -> Any:
         return cupy if cupy.cuda.is_available() else None
     except Exception:  # not installed, or a CUDA runtime/driver mismatch: render through host memory
         return None
+
+
+def _session_options(ort: Any, threads: int | None, *, spin: bool) -> Any:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def _resolve_providers(providers: str | Sequence[str], available: Sequence[str]) -> list[str]:
