@@ -14,6 +14,7 @@ import torch  # noqa: E402
 
 from otavatar.export import TOLERANCE, ExportError, export_models, models_for_export  # noqa: E402
 from otavatar.export import exporter  # noqa: E402
+from otavatar.export.passes import STABLE_SOFTPLUS_TAG  # noqa: E402
 from otavatar.runtime import read_manifest, sha256_file  # noqa: E402
 
 
@@ -43,6 +44,9 @@ def test_manifest_describes_the_folder(tiny_export):
     assert manifest["simplifier"].startswith(("onnxsim", "onnxslim", "none"))
     assert manifest["source"] == {"preset": "tiny", "seed": 0, "sha256": None, "init": "seeded random init"}
     assert manifest["otavatar_version"] == "0.1.0"
+    # the graph passes ran and say what they rewrote (tests/export/test_passes.py tests each)
+    assert manifest["passes"]["generator"]["fold_positive_scale"] >= 1
+    assert manifest["passes"]["generator"]["stable_softplus"] >= 1
     assert manifest["verify"]["tolerance"] == TOLERANCE["fp32"]
     io = manifest["graphs"]["generator"]
     assert [i["name"] for i in io["inputs"]] == ["ws", "c"]
@@ -165,7 +169,8 @@ def test_fp16_graphs_keep_float32_io_and_block_list(fp16_folder):
         if spec.model == "generator":
             produced = {o: n for n in proto.graph.node for o in n.output}
             # every blocked op reads float32: a Cast to float (1) or a float32 producer feeds it
-            blocked = [n for n in proto.graph.node if n.op_type in ("CumSum", "Exp", "Log", "Softplus")]
+            blocked = [n for n in proto.graph.node if n.op_type in ("CumSum", "Exp", "Log", "Softplus")
+                       or STABLE_SOFTPLUS_TAG in n.name]
             assert blocked
             for node in blocked:
                 src = produced.get(node.input[0])
