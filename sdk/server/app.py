@@ -4,6 +4,12 @@ gRPC (AvatarService + grpc.health.v1), TLS, and a graceful drain on SIGTERM / SI
     server = Server(ServerConfig(models="out/onnx", data="var/avatars", port=0)).start()
     print(server.port); ...; server.stop()
 
+Not ready (reliability.md F8, S5): when the model folder does not load (a file missing, a sha256 that does not
+match the manifest, a graph ONNX Runtime refuses, an execution provider that fails), the process stays live but
+not ready: gRPC listens, health answers NOT_SERVING, every AvatarService call answers UNAVAILABLE naming the
+error, and the avatar store is left as it was (recovery still runs; no avatar is marked FAILED for the model).
+It does not retry: the files do not change by themselves, so the operator fixes the folder and restarts.
+
 Drain (reliability.md F6): health turns NOT_SERVING first; after `drain_delay_s` new RPCs get UNAVAILABLE and
 open streams end with UNAVAILABLE; running inversions get up to `grace_s` to finish (else they end FAILED with
 a reason); gRPC then stops with the remaining grace, and the process exits 0.
@@ -33,6 +39,7 @@ class Server:
         self.log = log
         self.port: int | None = None
         self.recovery: Any = None
+        self.unavailable_reason: str | None = None     # not ready: why the model did not load (F8)
         self._grpc: Any = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -40,8 +47,6 @@ class Server:
     def start(self) -> "Server":
         import grpc
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-        from otavatar.runtime import Engine
 
         from ._proto import avatar_pb2_grpc as pb_grpc
         from .auth import TokenTable
@@ -58,15 +63,18 @@ class Server:
         self.log(f"store {cfg.data}: integrity {r.integrity}; removed {r.temp_files_removed} temporary and "
                  f"{r.orphan_blobs_removed} orphan files; {r.interrupted_failed} interrupted, {r.missing_blob_failed} "
                  f"missing and {r.corrupt_blob_failed} corrupt avatars marked FAILED ({r.seconds * 1000:.0f} ms)")
-        self.engine = Engine(cfg.models, cfg.providers, threads=cfg.threads)
+        self.engine, self.unavailable_reason = self._load_engine()
         self.stats = Stats()
-        max_batch = cfg.max_batch or (1 if self.engine.providers == ["CPUExecutionProvider"] else 4)
-        self.scheduler = RenderScheduler(self.engine, max_batch=max_batch, stats=self.stats)
-        self.pool = InversionPool(self.store, fingerprint=self.engine.manifest.get("model_fingerprint", ""),
-                                  weights=cfg.weights, steps=cfg.steps, workers=cfg.job_workers, max_jobs=cfg.max_jobs,
-                                  threads=cfg.threads, stats=self.stats, log=self.log)
+        self.scheduler = self.pool = None
+        if self.engine is not None:
+            max_batch = cfg.max_batch or (1 if self.engine.providers == ["CPUExecutionProvider"] else 4)
+            self.scheduler = RenderScheduler(self.engine, max_batch=max_batch, stats=self.stats)
+            self.pool = InversionPool(self.store, fingerprint=self.engine.manifest.get("model_fingerprint", ""),
+                                      weights=cfg.weights, steps=cfg.steps, workers=cfg.job_workers,
+                                      max_jobs=cfg.max_jobs, threads=cfg.threads, stats=self.stats, log=self.log)
         self.servicer = AvatarServicer(config=cfg, store=self.store, engine=self.engine, scheduler=self.scheduler,
-                                       pool=self.pool, tokens=tokens, stats=self.stats)
+                                       pool=self.pool, tokens=tokens, stats=self.stats,
+                                       unavailable=self.unavailable_reason)
         # one thread per stream, per CreateAvatar progress stream, plus unary calls; beyond that the library
         # answers RESOURCE_EXHAUSTED rather than queueing (maximum_concurrent_rpcs)
         workers = cfg.max_streams + cfg.max_jobs + 8
@@ -96,12 +104,34 @@ class Server:
         if not self.port:
             raise OSError(f"cannot listen on {cfg.address}")
         self._grpc.start()
+        ready = self.unavailable_reason is None
         for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING if ready
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
         mode = "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext"
-        self.log(f"serving {cfg.models} on {cfg.host}:{self.port} ({mode}, auth {'on' if tokens.enabled else 'off'}, "
-                 f"{', '.join(self.engine.providers)}, up to {cfg.max_streams} streams)")
+        where = f"on {cfg.host}:{self.port} ({mode}, auth {'on' if tokens.enabled else 'off'}"
+        if ready:
+            self.log(f"serving {cfg.models} {where}, {', '.join(self.engine.providers)}, up to {cfg.max_streams} "
+                     "streams)")
+        else:
+            self.log(f"NOT READY: {self.unavailable_reason}. Listening {where}) with health NOT_SERVING; every "
+                     "AvatarService call answers UNAVAILABLE. The model is not loaded again: fix or re-export "
+                     f"{cfg.models}, then restart the server")
         return self
+
+    def _load_engine(self) -> tuple[Any, str | None]:
+        """(Engine, None), or (None, "model not loaded: why") when the model folder does not load (F8)."""
+        from otavatar.runtime import Engine, ManifestError
+
+        cfg = self.config
+        try:
+            return Engine(cfg.models, cfg.providers, threads=cfg.threads), None
+        except ImportError:          # onnxruntime not installed: an installation problem, not the model's
+            raise
+        except (ManifestError, OSError) as e:    # missing file, sha256 mismatch: the message names the file
+            return None, f"model not loaded: {e}"
+        except Exception as e:       # ONNX Runtime's own errors (a graph it cannot parse, an EP that fails: F9)
+            return None, f"model not loaded: {cfg.models}: {type(e).__name__}: {e}"
 
     def stop(self, grace: float | None = None) -> None:
         """Drain (module docstring) and stop; safe to call twice and from a signal handler's thread."""
@@ -114,11 +144,13 @@ class Server:
             self.log("draining: health NOT_SERVING")
             time.sleep(self.config.drain_delay_s)
             self.servicer.draining = True
-            with self.scheduler.cond:
-                self.scheduler.cond.notify_all()
-            self.pool.shutdown(max(0.0, grace - (time.monotonic() - start)))
+            if self.scheduler is not None:                 # None: not ready, nothing renders or inverts
+                with self.scheduler.cond:
+                    self.scheduler.cond.notify_all()
+                self.pool.shutdown(max(0.0, grace - (time.monotonic() - start)))
             self._grpc.stop(max(0.0, grace - (time.monotonic() - start))).wait()
-            self.scheduler.stop()
+            if self.scheduler is not None:
+                self.scheduler.stop()
             self.store.close()
             self.log(f"stopped in {time.monotonic() - start:.1f} s")
             self._stopped.set()

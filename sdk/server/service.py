@@ -42,25 +42,35 @@ class _Session:
 
 
 class AvatarServicer(pb_grpc.AvatarServiceServicer):
-    def __init__(self, *, config: C.ServerConfig, store: AvatarStore, engine: Any, scheduler: RenderScheduler,
-                 pool: InversionPool, tokens: TokenTable, stats: Stats) -> None:
+    """unavailable: why the server is not ready (the model did not load, reliability.md F8); every RPC then
+    answers UNAVAILABLE with it, and engine, scheduler and pool are None (never reached past `_enter`)."""
+
+    def __init__(self, *, config: C.ServerConfig, store: AvatarStore, engine: Any, scheduler: RenderScheduler | None,
+                 pool: InversionPool | None, tokens: TokenTable, stats: Stats, unavailable: str | None = None) -> None:
         self.config, self.store, self.engine, self.scheduler = config, store, engine, scheduler
         self.pool, self.tokens, self.stats = pool, tokens, stats
-        self.fingerprint = engine.manifest.get("model_fingerprint", "")
-        self.window = int(engine.manifest.get("coefficient_layout", {}).get("window", 27))
+        self.unavailable = unavailable
+        manifest = engine.manifest if engine is not None else {}
+        self.fingerprint = manifest.get("model_fingerprint", "")
+        self.window = int(manifest.get("coefficient_layout", {}).get("window", 27))
         self.draining = False
         self._lock = threading.Lock()
         self._latents: OrderedDict[str, Any] = OrderedDict()
 
     # -- common checks ---------------------------------------------------------------------------------------
     def _enter(self, context: grpc.ServicerContext) -> str:
-        """UNAVAILABLE while draining, else the caller's tenant (UNAUTHENTICATED without a valid token)."""
+        """Every RPC's first call: UNAVAILABLE while draining, UNAUTHENTICATED without a valid token, UNAVAILABLE
+        when not ready (after the token check: the reason names server paths, for authenticated callers only),
+        else the caller's tenant."""
         if self.draining:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another instance")
         try:
-            return self.tokens.tenant(context.invocation_metadata())
+            tenant = self.tokens.tenant(context.invocation_metadata())
         except AuthError as e:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+        if self.unavailable is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self.unavailable)
+        return tenant
 
     @staticmethod
     def _id(context: grpc.ServicerContext, raw: str) -> str:
