@@ -369,6 +369,9 @@ def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, res
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None, help="Server key (PEM).")
 @click.option("--tls-client-ca", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Require client certificates signed by this CA (mutual TLS).")
+@click.option("--insecure", is_flag=True, default=False,
+              help="Allow --token-file without TLS on a non-loopback --host (tokens then cross the network in "
+                   "plaintext: only behind something that encrypts, e.g. a TLS proxy or a VPN).")
 @click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
               help="The .safetensors the export came from, for CreateAvatar (default: the embedded model if it "
                    "matches).")
@@ -386,9 +389,9 @@ def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, res
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds a SIGTERM drain waits for streams and jobs.")
 def serve(models: str, data: str, host: str, port: int, token_file: str | None, tls_cert: str | None,
-          tls_key: str | None, tls_client_ca: str | None, weights: str | None, max_streams: int, max_jobs: int,
-          job_workers: int, steps: tuple[int, int], max_batch: int | None, providers: str, threads: int | None,
-          grace: float) -> None:
+          tls_key: str | None, tls_client_ca: str | None, insecure: bool, weights: str | None, max_streams: int,
+          max_jobs: int, job_workers: int, steps: tuple[int, int], max_batch: int | None, providers: str,
+          threads: int | None, grace: float) -> None:
     """Serve avatars over gRPC (proto/avatar/v1/avatar.proto): CreateAvatar, RenderStream, health, drain on SIGTERM."""
     try:
         from otavatar.server import ServerConfig, run
@@ -396,9 +399,9 @@ def serve(models: str, data: str, host: str, port: int, token_file: str | None, 
         raise click.ClickException(f"serve needs the `serve` and `cpu` (or `gpu`) extras: {e}") from None
     try:
         config = ServerConfig(models=models, data=data, host=host, port=port, tokens=token_file, tls_cert=tls_cert,
-                              tls_key=tls_key, tls_client_ca=tls_client_ca, weights=weights, max_streams=max_streams,
-                              max_jobs=max_jobs, job_workers=job_workers, steps=steps, max_batch=max_batch,
-                              providers=providers, threads=threads, grace_s=grace)
+                              tls_key=tls_key, tls_client_ca=tls_client_ca, insecure=insecure, weights=weights,
+                              max_streams=max_streams, max_jobs=max_jobs, job_workers=job_workers, steps=steps,
+                              max_batch=max_batch, providers=providers, threads=threads, grace_s=grace)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     try:

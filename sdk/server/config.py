@@ -1,6 +1,7 @@
 """The server's settings: one frozen dataclass, validated once (the CLI and the tests build it)."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ class ServerConfig:
     weights: the .safetensors file the export came from, for CreateAvatar's inversion (None: the embedded
     default when its fingerprint matches the export, else CreateAvatar answers FAILED_PRECONDITION).
     tokens: a token file ("TOKEN [TENANT]" per line; None: no auth, one tenant "default").
-    tls_cert/tls_key (PEM) turn TLS on; tls_client_ca additionally requires client certificates (mutual TLS)."""
+    tls_cert/tls_key (PEM) turn TLS on; tls_client_ca additionally requires client certificates (mutual TLS).
+    insecure: allow tokens over plaintext on a non-loopback host (reliability.md S7: refused without it)."""
 
     models: Path
     data: Path
@@ -38,6 +40,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    insecure: bool = False               # S7: tokens in plaintext beyond loopback only when asked for
     weights: Path | None = None
     max_streams: int = 8
     max_jobs: int = 4                    # inversion jobs running + queued; more: RESOURCE_EXHAUSTED
@@ -62,6 +65,10 @@ class ServerConfig:
             raise ValueError("give both tls_cert and tls_key (PEM files), or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.tokens is not None and self.tls_cert is None and not self.insecure and not is_loopback(self.host):
+            raise ValueError(f"a token file on host {self.host!r} without TLS would send the tokens in plaintext "
+                             "over the network: give --tls-cert and --tls-key, bind a loopback host (127.0.0.1), or "
+                             "pass --insecure (insecure=True) if something else encrypts the traffic")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port!r}")
         for name in ("max_streams", "max_jobs", "job_workers", "max_batch"):
@@ -82,3 +89,15 @@ class ServerConfig:
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x.x.x) and "localhost"; any other name or address is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:                   # a host name: it may resolve to any interface
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback

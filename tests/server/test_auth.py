@@ -1,14 +1,18 @@
 """Security: tokens on every RPC (S1), health without a token (S2), loopback by default (S8), TLS and mutual
-TLS (S6, the core of the grid)."""
+TLS (S6, the core of the grid), tokens in plaintext only on loopback or with --insecure (S7), nothing secret in
+the log (S9)."""
 from __future__ import annotations
 
+import base64
+import re
+import secrets
 import shutil
 import subprocess
 
 import grpc
 import pytest
 
-from conftest import TOKEN_A, coeff_rows, wait_idle
+from conftest import TOKEN_A, ServerProcess, coeff_rows, token_file, wait_idle
 from otavatar.client import AvatarClient, ClientTLS
 from otavatar.server._proto import avatar_pb2 as pb
 from otavatar.server._proto import avatar_pb2_grpc as pb_grpc
@@ -146,3 +150,75 @@ def test_s6_tls_and_mutual_tls(tiny_model, tmp_path, pki, avatar_file):
         assert not _works(target, tls=ClientTLS(ca_cert=pki / "ca.pem"))       # no client certificate
     finally:
         server.stop(grace=1.0)
+
+
+NOT_LOOPBACK = ["0.0.0.0", "::", "192.168.1.10", "10.0.0.1", "server.example"]
+LOOPBACK = ["127.0.0.1", "127.1.2.3", "::1", "localhost", "LOCALHOST", "::ffff:127.0.0.1"]
+
+
+@pytest.mark.parametrize("host", NOT_LOOPBACK)
+def test_s7_tokens_in_plaintext_beyond_loopback_need_insecure(tmp_path, host):
+    from otavatar.server import ServerConfig
+
+    tokens = token_file(tmp_path)
+    with pytest.raises(ValueError, match="--insecure"):
+        ServerConfig(models=".", data=".", host=host, tokens=tokens)
+    assert ServerConfig(models=".", data=".", host=host, tokens=tokens, insecure=True).insecure
+    ServerConfig(models=".", data=".", host=host, tokens=tokens, tls_cert="c.pem", tls_key="k.pem")  # TLS
+    ServerConfig(models=".", data=".", host=host)                                                # no token
+
+
+@pytest.mark.parametrize("host", LOOPBACK)
+def test_s7_tokens_in_plaintext_on_loopback_are_allowed(tmp_path, host):
+    from otavatar.server import ServerConfig
+
+    assert not ServerConfig(models=".", data=".", host=host, tokens=token_file(tmp_path)).insecure
+
+
+def test_s7_serve_refuses_before_starting(tmp_path):
+    from click.testing import CliRunner
+
+    from otavatar.cli import main
+
+    args = ["serve", "--models", str(tmp_path), "--data", str(tmp_path / "data"), "--host", "0.0.0.0",
+            "--token-file", str(token_file(tmp_path))]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--insecure" in result.output, result.output   # a usage error
+    assert not (tmp_path / "data").exists()                                         # nothing started
+    assert "--insecure" in CliRunner().invoke(main, ["serve", "--help"]).output
+
+
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{64,}")   # 48+ bytes of base64: image bytes, latents, long secrets
+
+
+def test_s9_the_log_holds_no_token_image_or_latent(tiny_model, tmp_path, avatar_file, portrait):
+    """`otavatar serve` stderr after good and bad tokens, an import, an export, a CreateAvatar, a stream and
+    refused streams: no token value, no long base64 run."""
+    good, bad = "s9-good-" + secrets.token_hex(16), "s9-bad-" + secrets.token_hex(16)
+    (tmp_path / "tokens.txt").write_text(f"{good} alice\n")
+    server = ServerProcess(tiny_model, tmp_path / "data", extra=("--token-file", str(tmp_path / "tokens.txt")))
+    try:
+        server.wait_serving()
+        image, camera = portrait
+        with AvatarClient(server.target, token=good) as c:
+            imported = c.import_avatar(avatar_file)
+            assert c.export_avatar(imported)
+            assert next(c.stream(imported, coeff_rows(1), window="causal")).shape == (128, 128, 3)
+            created = c.create_avatar(image, camera=camera, aligned=True)
+            assert c.get_avatar(created).state == "READY"
+            with pytest.raises(grpc.RpcError) as err:                  # refused: unknown avatar
+                list(c.stream("av_" + "0" * 32, coeff_rows(1)))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with AvatarClient(server.target, token=bad) as c:
+            for call in (c.list_avatars, lambda: list(c.stream(imported, coeff_rows(1)))):
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert server.terminate() == 0
+    finally:
+        server.kill9()
+    log = server.log.read_text()
+    assert BASE64_RUN.search(base64.b64encode(image).decode())     # the pattern finds what it looks for
+    assert "serving" in log and "stopped" in log, log              # the log was captured
+    assert good not in log and bad not in log
+    assert not BASE64_RUN.findall(log), BASE64_RUN.findall(log)
