@@ -115,8 +115,8 @@ class Server:
                      "streams)")
         else:
             self.log(f"NOT READY: {self.unavailable_reason}. Listening {where}) with health NOT_SERVING; every "
-                     "AvatarService call answers UNAVAILABLE. The model is not loaded again: fix or re-export "
-                     f"{cfg.models}, then restart the server")
+                     f"AvatarService call answers UNAVAILABLE. No retry: fix or re-export {cfg.models}, then "
+                     "restart the server")
         return self
 
     def _load_engine(self) -> tuple[Any, str | None]:

@@ -131,7 +131,7 @@ def test_f8_a_broken_model_folder_is_live_but_not_ready(tiny_model, avatar_file,
     finally:
         server.stop(grace=1.0)
     line = next(m for m in logs if m.startswith("NOT READY"))
-    assert expected in line and "restart" in line, line
+    assert expected in line and f"re-export {models}, then restart" in line, line
     assert any("0 interrupted, 0 missing and 0 corrupt" in m for m in logs), logs   # recovery ran, found nothing
     _assert_store_kept(data, avatar_id, avatar_file.read_bytes())       # DeleteAvatar above did nothing
 
