@@ -10,6 +10,14 @@ not ready: gRPC listens, health answers NOT_SERVING, every AvatarService call an
 error, and the avatar store is left as it was (recovery still runs; no avatar is marked FAILED for the model).
 It does not retry: the files do not change by themselves, so the operator fixes the folder and restarts.
 
+An engine that stops working (reliability.md F7 b: `max_render_failures` render steps in a row fail, as when the
+GPU is lost) turns the server not ready the same way, with one NOT READY log line; open streams end UNAVAILABLE.
+Recovery is a supervised restart, not an in-process reload: a CUDA context that hit a sticky error (an illegal
+address, a lost device) stays broken for the life of the process, so a new session in it would fail again or,
+worse, flap between ready and not ready; a fresh process is the one recovery that works for every cause. The
+operator or the supervisor (e.g. a Kubernetes liveness probe on grpc.health.v1) restarts it; the store is on
+disk, so nothing is lost.
+
 Drain (reliability.md F6): health turns NOT_SERVING first; after `drain_delay_s` new RPCs get UNAVAILABLE and
 open streams end with UNAVAILABLE; running inversions get up to `grace_s` to finish (else they end FAILED with
 a reason); gRPC then stops with the remaining grace, and the process exits 0.
@@ -46,13 +54,13 @@ class Server:
 
     def start(self) -> "Server":
         import grpc
-        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health, health_pb2_grpc
 
         from ._proto import avatar_pb2_grpc as pb_grpc
         from .auth import TokenTable
         from .jobs import InversionPool
         from .scheduler import RenderScheduler, Stats
-        from .service import SERVICE_NAME, AvatarServicer
+        from .service import AvatarServicer
         from .store import AvatarStore
 
         cfg = self.config
@@ -68,7 +76,8 @@ class Server:
         self.scheduler = self.pool = None
         if self.engine is not None:
             max_batch = cfg.max_batch or (1 if self.engine.providers == ["CPUExecutionProvider"] else 4)
-            self.scheduler = RenderScheduler(self.engine, max_batch=max_batch, stats=self.stats)
+            self.scheduler = RenderScheduler(self.engine, max_batch=max_batch, stats=self.stats,
+                                             max_failures=cfg.max_render_failures, on_unusable=self._engine_unusable)
             self.pool = InversionPool(self.store, fingerprint=self.engine.manifest.get("model_fingerprint", ""),
                                       weights=cfg.weights, steps=cfg.steps, workers=cfg.job_workers,
                                       max_jobs=cfg.max_jobs, threads=cfg.threads, stats=self.stats, log=self.log)
@@ -105,9 +114,7 @@ class Server:
             raise OSError(f"cannot listen on {cfg.address}")
         self._grpc.start()
         ready = self.unavailable_reason is None
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING if ready
-                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._set_health(ready)
         mode = "mutual TLS" if cfg.tls_client_ca else "TLS" if cfg.tls_cert else "plaintext"
         where = f"on {cfg.host}:{self.port} ({mode}, auth {'on' if tokens.enabled else 'off'}"
         if ready:
@@ -118,6 +125,23 @@ class Server:
                      f"AvatarService call answers UNAVAILABLE. No retry: fix or re-export {cfg.models}, then "
                      "restart the server")
         return self
+
+    def _set_health(self, serving: bool) -> None:
+        from grpc_health.v1 import health_pb2
+
+        from .service import SERVICE_NAME
+
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def _engine_unusable(self, reason: str) -> None:
+        """The render loop gave the engine up (F7 b): not ready, as when the model does not load (F8)."""
+        self.unavailable_reason = self.servicer.unavailable = reason
+        self._set_health(False)
+        self.log(f"NOT READY: {reason}. Health NOT_SERVING; every AvatarService call answers UNAVAILABLE and open "
+                 "streams end UNAVAILABLE. No reload in this process (a lost device stays lost to it): restart the "
+                 "server, or let its supervisor restart it on health NOT_SERVING")
 
     def _load_engine(self) -> tuple[Any, str | None]:
         """(Engine, None), or (None, "model not loaded: why") when the model folder does not load (F8)."""

@@ -53,6 +53,12 @@ class ServerConfig:
     providers: str = "auto"
     threads: int | None = None           # ONNX Runtime intra-op threads (and torch's for inversion)
     idle_timeout_s: float = IDLE_TIMEOUT_S
+    # render steps in a row in which every ONNX Runtime run failed before the engine is given up and the server
+    # turns not ready (reliability.md F7 b). Not 1: a failing run is retried per stream, so a step fails whole
+    # only when every stream in it failed, and one such step is what a transient fault looks like (F7 a: only
+    # that stream ends INTERNAL). A lost device fails every step, so 3 costs at most 3 steps' streams (one
+    # stream each on the CPU EP, ~0.1 s a step for tiny) before health says NOT_SERVING.
+    max_render_failures: int = 3
     grace_s: float = 10.0                # SIGTERM: streams get a final status within this (reliability.md F6)
     drain_delay_s: float = 0.5           # NOT_SERVING this long before refusing, so health checkers notice
 
@@ -71,7 +77,7 @@ class ServerConfig:
                              "pass --insecure (insecure=True) if something else encrypts the traffic")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port!r}")
-        for name in ("max_streams", "max_jobs", "job_workers", "max_batch"):
+        for name in ("max_streams", "max_jobs", "job_workers", "max_batch", "max_render_failures"):
             value = getattr(self, name)
             if name == "max_batch" and value is None:
                 continue

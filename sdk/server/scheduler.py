@@ -13,6 +13,12 @@ Per stream there are two bounded queues of `depth` frames (reliability.md "slow 
 All state is guarded by one Condition (a handful of streams at tens of frames per second: contention is
 negligible next to a 10-150 ms render), so the invariants are easy to check: when a stream closes, its pending
 frames are discarded and `frames_inflight` (frames taken by a render not yet finished) returns to 0.
+
+Render failures (reliability.md F7): a failing run is retried stream by stream, so only the stream whose frames
+fail ends (INTERNAL) and the others go on. When `max_failures` render steps in a row fail for every stream in
+them (a lost device fails them all), the engine is given up: `unusable` says why, every open stream and every
+stream opened later ends UNAVAILABLE with it, and `on_unusable` tells the server (not ready). One step that
+renders anything resets the count. There is no reload here: see Server.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -83,13 +89,21 @@ class StreamState:
 
 
 class RenderScheduler:
-    def __init__(self, engine: Any, *, max_batch: int = 4, stats: Stats | None = None) -> None:
+    """on_unusable(reason) is called once, with `cond` held, when the engine is given up (module docstring):
+    holding it, the server turns not ready before any stream can see the status of the step that tripped it."""
+
+    def __init__(self, engine: Any, *, max_batch: int = 4, stats: Stats | None = None, max_failures: int = 3,
+                 on_unusable: Callable[[str], None] | None = None) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.stats = stats if stats is not None else Stats()
+        self.max_failures = max_failures
+        self.on_unusable = on_unusable
+        self.unusable: str | None = None       # why the engine was given up; then every stream ends UNAVAILABLE
         self.cond = threading.Condition()
         self._streams: list[StreamState] = []
         self._rr = 0                           # round-robin start, so no stream starves in a full batch
+        self._failed_steps = 0                 # consecutive render steps in which every stream's run failed
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="otavatar-render", daemon=True)
         self._thread.start()
@@ -97,6 +111,8 @@ class RenderScheduler:
     # -- streams ---------------------------------------------------------------------------------------------
     def open(self, stream: StreamState) -> None:
         with self.cond:
+            if self.unusable is not None:
+                stream.error = ("UNAVAILABLE", self.unusable)
             self._streams.append(stream)
 
     def close(self, stream: StreamState) -> None:
@@ -140,7 +156,8 @@ class RenderScheduler:
     # -- the loop --------------------------------------------------------------------------------------------
     def _take(self) -> list[tuple[StreamState, list[FrameJob]]]:
         """Up to max_batch frames, round-robin over the streams with pending windows (cond held)."""
-        streams = [s for s in self._streams if s.pending and not s.closed]
+        # a stream with an error is ending: rendering its frames would only be thrown away
+        streams = [s for s in self._streams if s.pending and not s.closed and s.error is None]
         if not streams:
             return []
         start = self._rr % len(streams)
@@ -189,7 +206,28 @@ class RenderScheduler:
                         stream.out.append(rendered)
                         stream.max_out = max(stream.max_out, len(stream.out))
                         self.stats.max_queue_depth = max(self.stats.max_queue_depth, len(stream.out))
+                self._count_failures(results)
                 self.cond.notify_all()
+
+    def _count_failures(self, results: list[Any]) -> None:
+        """After a step (cond held): reset the count when anything rendered, else count the step and give the
+        engine up at `max_failures` in a row (module docstring)."""
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if len(errors) < len(results):
+            self._failed_steps = 0
+            return
+        self._failed_steps += 1
+        if self._failed_steps < self.max_failures or self.unusable is not None:
+            return
+        last = errors[-1]
+        self.unusable = (f"the render engine is unusable: {self._failed_steps} render steps in a row failed, the "
+                         f"last with {type(last).__name__}: {last}; the server must be restarted")
+        for stream in self._streams:
+            stream.pending.clear()
+            if stream.error is None:
+                stream.error = ("UNAVAILABLE", self.unusable)
+        if self.on_unusable is not None:
+            self.on_unusable(self.unusable)
 
     def _render(self, batch: list[tuple[StreamState, list[FrameJob]]]) -> list[Any]:
         """Frames per stream of the batch; a failing run is retried stream by stream, so only the stream whose

@@ -42,8 +42,9 @@ class _Session:
 
 
 class AvatarServicer(pb_grpc.AvatarServiceServicer):
-    """unavailable: why the server is not ready (the model did not load, reliability.md F8); every RPC then
-    answers UNAVAILABLE with it, and engine, scheduler and pool are None (never reached past `_enter`)."""
+    """unavailable: why the server is not ready; every RPC then answers UNAVAILABLE with it. Set at start when the
+    model did not load (reliability.md F8: engine, scheduler and pool are then None, never reached past `_enter`),
+    or later by the Server when the render loop gives the engine up (F7 b)."""
 
     def __init__(self, *, config: C.ServerConfig, store: AvatarStore, engine: Any, scheduler: RenderScheduler | None,
                  pool: InversionPool | None, tokens: TokenTable, stats: Stats, unavailable: str | None = None) -> None:
