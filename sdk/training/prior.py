@@ -5,8 +5,8 @@ SynthHeads, and a GAN is out of reach on a 2-core CPU, so the prior is learnt by
 frame owns a free W code (one 512-d... here w_dim-d vector, broadcast to all num_ws layers, so the prior's codes
 live in W as EG3D's inversion starts there); each step draws frames, renders each one's code from several cameras
 of the SAME expression (`multiview.py`) and pulls the renders towards the truth with the losses of spec 3.5
-(pixel + perceptual, low-res and super-resolved, plus the density regularisers). Codes and generator are
-optimised together. Afterwards `w_avg` is set to the mean code, the start point of every inversion.
+(pixel + perceptual + mouth/eye region L1, low-res and super-resolved, plus the density regularisers). Codes
+and generator are optimised together. Afterwards `w_avg` is set to the mean code, the start point of every inversion.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, pixel_loss
+from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, local_loss, pixel_loss
 from otavatar.training.multiview import MultiviewSet
 from otavatar.training.run import RunDir, image_grid, to_uint8
 
@@ -117,6 +117,7 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
 
     images = torch.from_numpy(data.images)                 # [N,V,R,R,3] uint8, converted per batch
     cameras = torch.from_numpy(data.cameras)               # [N,V,25]
+    landmarks = torch.from_numpy(data.landmarks)           # [N,V,68,2] px of the R-px images
     bar = None
     if progress:
         from tqdm import tqdm
@@ -132,6 +133,7 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         target = images[frames[:, None], views].flatten(0, 1)                        # [B*Vb,R,R,3]
         target = target.permute(0, 3, 1, 2).float() / 127.5 - 1                      # [B*Vb,3,R,R]
         cam = cameras[frames[:, None], views].flatten(0, 1)                           # [B*Vb,25]
+        lm = landmarks[frames[:, None], views].flatten(0, 1)                          # [B*Vb,68,2]
 
         ws = codes[frames][:, None].expand(-1, generator.config.num_ws, -1)          # [B,num_ws,w_dim]
         planes = generator.planes(ws)                                                 # [B,3,C,P,P]
@@ -143,6 +145,11 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         w = config.losses
         terms = {"pixel_lo": w.pixel * pixel_loss(raw, target),
                  "pixel_sr": config.sr_weight * w.pixel * pixel_loss(image, target)}
+        if w.local:
+            # mouth and eyes are a few pixels of a 128-px head: without the region term the pixel loss averages
+            # them away (prior runs before this term rendered no eyes or mouth after 1,900 steps)
+            terms["local_lo"] = w.local * local_loss(raw, target, lm * (r_lo / data.resolution))
+            terms["local_sr"] = config.sr_weight * w.local * local_loss(image, target, lm)
         if w.perceptual:
             terms["percep_lo"] = w.perceptual * lowres(raw, target)
             terms["percep_sr"] = (config.sr_weight * w.perceptual

@@ -30,7 +30,8 @@ def test_steps_checkpoint_and_resume(views, tmp_path):
     assert first.steps == 2 and torch.isfinite(torch.tensor(first.final_loss))
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
-    assert {"pixel_lo", "pixel_sr", "percep_lo", "percep_sr", "monotonic", "tv"} <= set(rows[0])
+    assert {"pixel_lo", "pixel_sr", "local_lo", "local_sr", "percep_lo", "percep_sr", "monotonic", "tv"} <= set(rows[0])
+    assert rows[0]["local_lo"] > 0 and rows[0]["local_sr"] > 0      # the mouth/eye term compares real crops
     assert (tmp_path / "run" / "preview" / "step_0000002.png").is_file()
     # w_avg is the mean code: the start of every inversion
     codes = load_file(str(tmp_path / "run" / "extra.safetensors"))["codes"]
@@ -54,9 +55,11 @@ def test_resume_continues_where_it_stopped(views, tmp_path):
 
 def test_warm_start_copies_generator_and_codes(views, tmp_path):
     first = train_prior(views, tmp_path / "a", _config(2), progress=False)
-    cfg = _config(1, losses=LossWeights(perceptual=0.0, monotonic=0.0, tv=0.0))
+    cfg = _config(1, losses=LossWeights(perceptual=0.0, monotonic=0.0, tv=0.0, local=0.0))
     warm = train_prior(views, tmp_path / "b", cfg, progress=False, init_from=tmp_path / "a")
     assert warm.steps == 1
+    row = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "local_lo" not in row and "percep_lo" not in row          # weight 0: the term is not computed
     # one step of Adam moves each code by at most ~lr from the warm start
     assert (warm.codes - first.codes).abs().max() < 2 * cfg.lr_codes
     rows = [json.loads(r) for r in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
