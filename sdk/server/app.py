@@ -93,8 +93,14 @@ class Server:
             # clients may ping every 10 s (Unity / grpc-dotnet defaults) without a GOAWAY too_many_pings (L6)
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.keepalive_time_ms", 30000),        # the server pings idle peers: a frozen client is detected
-            ("grpc.keepalive_timeout_ms", 10000),
+            # the server pings its peers: a frozen client is detected within time + timeout (F2). Recent gRPC
+            # core (grpc/grpc#34647; grpcio 1.85 here) waits ping_timeout_ms (default 60 s) for the ack of any
+            # ping, and a keepalive ping due while a BDP ping is unanswered joins it: without this option a client
+            # frozen just after a BDP ping still held its slot 30 s later in 5 of 7 runs of the F2 test (with it:
+            # 6 of 6 freed in 3.0-5.1 s at 2 s + 3 s)
+            ("grpc.keepalive_time_ms", round(cfg.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", round(cfg.keepalive_timeout_s * 1000)),
+            ("grpc.http2.ping_timeout_ms", round(cfg.keepalive_timeout_s * 1000)),
             ("grpc.so_reuseport", 0),                 # a second server on the same port fails instead of sharing
         ]
         self._grpc = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="otavatar-rpc"),

@@ -61,6 +61,10 @@ class ServerConfig:
     max_render_failures: int = 3
     grace_s: float = 10.0                # SIGTERM: streams get a final status within this (reliability.md F6)
     drain_delay_s: float = 0.5           # NOT_SERVING this long before refusing, so health checkers notice
+    # the server pings every peer this often and closes a transport whose ping is not answered within the
+    # timeout, so a frozen or vanished client frees its stream slots within time + timeout (reliability.md F2)
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("models", "data", "tokens", "tls_cert", "tls_key", "tls_client_ca", "weights"):
@@ -90,6 +94,9 @@ class ServerConfig:
         for name in ("idle_timeout_s", "grace_s", "drain_delay_s"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("keepalive_time_s", "keepalive_timeout_s"):
+            if not float(getattr(self, name)) >= 0.001:        # gRPC takes whole milliseconds
+                raise ValueError(f"{name} must be >= 0.001 (1 ms), got {getattr(self, name)!r}")
 
     @property
     def address(self) -> str:

@@ -1,7 +1,8 @@
-"""Render failures (reliability.md F7): (a) an ONNX Runtime run that fails ends only the stream whose frames it
-held, with INTERNAL, and the others keep their frames in order; (b) an engine that fails on every run (a lost
-device) turns the server not ready -- health NOT_SERVING, open and new streams UNAVAILABLE naming the last error
--- until it is restarted.
+"""Faults of the render path. Render failures (reliability.md F7): (a) an ONNX Runtime run that fails ends only
+the stream whose frames it held, with INTERNAL, and the others keep their frames in order; (b) an engine that
+fails on every run (a lost device) turns the server not ready -- health NOT_SERVING, open and new streams
+UNAVAILABLE naming the last error -- until it is restarted. A frozen client (F2, slow): SIGSTOP blocks no other
+stream and keepalive frees its slot.
 
 The test hook: `otavatar.runtime.Engine` is replaced, for one in-process server, by a subclass whose controller
 session fails when a `Faults` plan says so (the controller runs first in every render, and its input holds the
@@ -82,26 +83,25 @@ def faults(monkeypatch) -> Faults:
     return plan
 
 
-def start_server(tiny_model, folder, logs: list[str], max_batch: int = 1):
+@pytest.fixture
+def servers(tiny_model, tmp_path):
+    """start(**settings) -> an in-process server on this test's store (a second start is a restart); logs: the
+    log lines of all of them. Servers started after `faults` get the faulty engine."""
     from otavatar.server import Server, ServerConfig
 
-    config = ServerConfig(models=tiny_model.onnx, data=folder / "data", port=0, tokens=token_file(folder),
-                          weights=tiny_model.weights, max_streams=4, steps=(1, 1), threads=1, max_batch=max_batch,
-                          idle_timeout_s=30.0, grace_s=1.0, drain_delay_s=0.0)
-    return Server(config, log=logs.append).start()
-
-
-@pytest.fixture
-def faulty_server(tiny_model, faults, tmp_path):
     logs: list[str] = []
-    servers = []
+    started = []
 
-    def start(max_batch: int = 1):
-        servers.append(start_server(tiny_model, tmp_path, logs, max_batch))
-        return servers[-1]
+    def start(**settings):
+        settings = {"max_batch": 1, "idle_timeout_s": 30.0, **settings}
+        config = ServerConfig(models=tiny_model.onnx, data=tmp_path / "data", port=0, tokens=token_file(tmp_path),
+                              weights=tiny_model.weights, max_streams=4, steps=(1, 1), threads=1, grace_s=1.0,
+                              drain_delay_s=0.0, **settings)
+        started.append(Server(config, log=logs.append).start())
+        return started[-1]
 
     yield SimpleNamespace(start=start, logs=logs)
-    for server in servers:
+    for server in started:
         server.stop(grace=1.0)
 
 
@@ -184,10 +184,10 @@ def assert_one_good_stream(channel, avatar_id: str) -> None:
 
 
 @pytest.mark.parametrize("max_batch, times", [(1, 1), (4, None)], ids=["run-fails-once", "batch-retried-per-stream"])
-def test_f7a_a_failing_run_ends_only_its_stream(faulty_server, faults, avatar_file, max_batch, times):
+def test_f7a_a_failing_run_ends_only_its_stream(faults, servers, avatar_file, max_batch, times):
     """Stream A's frame 0 is held in a run at the gate while A's frame 1 and B's poisoned frame 0 queue, so the
     next step holds both streams (with max_batch 4 in one run, whose failure is retried stream by stream)."""
-    server = faulty_server.start(max_batch)
+    server = servers.start(max_batch=max_batch)
     avatar_id = import_avatar(server, avatar_file)
     faults.poison, faults.times = POISON, times
     rows = coeff_rows(8)
@@ -213,14 +213,14 @@ def test_f7a_a_failing_run_ends_only_its_stream(faulty_server, faults, avatar_fi
         assert health(server.port) == "SERVING" and server.unavailable_reason is None
         wait_idle(server)
         assert_one_good_stream(channel, avatar_id)
-    assert not any(m.startswith("NOT READY") for m in faulty_server.logs), faulty_server.logs
+    assert not any(m.startswith("NOT READY") for m in servers.logs), servers.logs
 
 
-def test_f7b_an_engine_failing_every_run_turns_the_server_not_ready(faulty_server, faults, avatar_file):
+def test_f7b_an_engine_failing_every_run_turns_the_server_not_ready(faults, servers, avatar_file):
     """Every run fails: each of 3 streams (the default max_render_failures) ends INTERNAL with its frame; after
     the third, health is NOT_SERVING, the stream left open ends UNAVAILABLE, new calls are UNAVAILABLE naming the
     last error. A restart (same store, a working engine) serves again."""
-    server = faulty_server.start()
+    server = servers.start()
     avatar_id = import_avatar(server, avatar_file)
     limit = server.config.max_render_failures
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -247,12 +247,12 @@ def test_f7b_an_engine_failing_every_run_turns_the_server_not_ready(faulty_serve
             pb_grpc.AvatarServiceStub(channel).ListAvatars(pb.ListAvatarsRequest(), metadata=META)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and last in err.value.details()
     assert server.stats.render_errors == limit
-    line = next(m for m in faulty_server.logs if m.startswith("NOT READY"))
+    line = next(m for m in servers.logs if m.startswith("NOT READY"))
     assert last in line and "restart the server" in line, line
     wait_idle(server)
     server.stop(grace=1.0)
     faults.every_run = False                         # the supervisor's restart: a fresh process, a working device
-    restarted = faulty_server.start()
+    restarted = servers.start()
     with grpc.insecure_channel(f"127.0.0.1:{restarted.port}") as channel:
         assert health(restarted.port) == "SERVING"
         assert_one_good_stream(channel, avatar_id)    # the avatar survived in the store
@@ -299,3 +299,95 @@ def test_f7b_a_step_that_renders_resets_the_failure_count():
     finally:
         scheduler.stop()
     assert scheduler.stats.render_errors == 5                              # every failed step, counted
+
+
+# -- F2: a frozen client -------------------------------------------------------------------------------------
+
+# A client process streaming at 30 fps, Delivery LATEST, 1024 px RAW frames (3 MB each: far beyond an HTTP/2
+# flow-control window, so once it stops reading the server's write of its frame stalls at once). It prints one
+# line when its first frame arrives.
+FROZEN_CLIENT = r"""
+import sys, time
+import grpc
+from otavatar.server._proto import avatar_pb2 as pb, avatar_pb2_grpc as pb_grpc
+
+target, token, avatar_id = sys.argv[1:4]
+
+def requests():
+    yield pb.RenderRequest(header=pb.StreamHeader(avatar_id=avatar_id, window_mode=pb.CAUSAL, delivery=pb.LATEST,
+                                                  queue_depth=2, output_size=1024))
+    for index in range(10**6):
+        yield pb.RenderRequest(frame=pb.CoefficientFrame(index=index, coeffs=[0.0] * 70))
+        time.sleep(1 / 30)
+
+stub = pb_grpc.AvatarServiceStub(grpc.insecure_channel(target))
+for response in stub.RenderStream(requests(), metadata=(("authorization", "Bearer " + token),)):
+    if response.index == 0:
+        print("streaming", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_f2_a_frozen_client_blocks_no_other_stream_and_its_slot_is_freed(servers, avatar_file, tmp_path):
+    """SIGSTOP a client process mid-stream: stream A (another connection) keeps getting every frame in order
+    while the frozen stream holds its slot, the frozen stream's queue stays within its depth (what it could not
+    take is dropped and counted), and keepalive (2 s + 3 s here; 30 s + 10 s by default) closes its transport
+    and frees the slot -- the idle timeout (60 s) is far too late to be what freed it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    server = servers.start(keepalive_time_s=2.0, keepalive_timeout_s=3.0, idle_timeout_s=60.0)
+    avatar_id = import_avatar(server, avatar_file)
+    target = f"127.0.0.1:{server.port}"
+    frozen = subprocess.Popen([sys.executable, "-c", FROZEN_CLIENT, target, TOKEN_A, avatar_id],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert frozen.stdout.readline().strip() == "streaming"
+        with grpc.insecure_channel(target) as channel:
+            a = Stream(channel, avatar_id)
+            rows = iter(coeff_rows(10**4))
+            sent = 0
+
+            def feed(until: int) -> None:           # keep A 2 frames ahead of what it received
+                nonlocal sent
+                while sent < until:
+                    a.send(sent, next(rows))
+                    sent += 1
+
+            feed(2)
+            a.wait_frames(1)
+            frozen.send_signal(signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            with server.scheduler.cond:
+                state = next(s for s in server.scheduler._streams if s.latest)
+            before = len(a.indices)
+            while True:                              # A streams on until the frozen stream's slot is freed
+                with server.scheduler.cond:
+                    freed = server.stats.streams_active == 1
+                    received = len(a.indices)
+                if freed:
+                    break
+                assert time.monotonic() - frozen_at < 30, "the frozen client still holds its slot after 30 s"
+                feed(received + 2)
+                a.wait_frames(received + 1)
+            detected_s = time.monotonic() - frozen_at
+            during = received - before
+            feed(sent + 3)
+            a.finish()
+        assert a.error is None and a.indices == list(range(sent))
+        assert during >= 3, f"A got {during} frames while the frozen stream held its slot ({detected_s:.1f} s)"
+        assert state.closed and state.max_out <= state.depth == 2
+        assert server.stats.frames_dropped == state.dropped        # A (Delivery ALL) drops nothing
+        print(f"\nF2: frozen stream freed {detected_s:.1f} s after SIGSTOP (keepalive 2 s + 3 s); A got {during} "
+              f"frames meanwhile; the frozen stream dropped {state.dropped} frames, max queue {state.max_out}")
+    finally:
+        frozen.kill()                                # SIGKILL ends a stopped process too
+        frozen.wait(10)
+    wait_idle(server)
+    with grpc.insecure_channel(target) as channel:
+        assert_one_good_stream(channel, avatar_id)
