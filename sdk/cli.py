@@ -388,10 +388,15 @@ def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, res
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="ONNX Runtime (and torch) threads.")
 @click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds a SIGTERM drain waits for streams and jobs.")
+@click.option("--keepalive", type=(click.FloatRange(min=0, min_open=True), click.FloatRange(min=0, min_open=True)),
+              default=(30.0, 10.0), show_default=True, metavar="TIME TIMEOUT",
+              help="Ping idle clients every TIME s; a client silent for TIMEOUT s more is dropped and its slot freed.")
+@click.option("--max-render-failures", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Render steps failing in a row before the server turns not ready (device lost; restart it).")
 def serve(models: str, data: str, host: str, port: int, token_file: str | None, tls_cert: str | None,
           tls_key: str | None, tls_client_ca: str | None, insecure: bool, weights: str | None, max_streams: int,
           max_jobs: int, job_workers: int, steps: tuple[int, int], max_batch: int | None, providers: str,
-          threads: int | None, grace: float) -> None:
+          threads: int | None, grace: float, keepalive: tuple[float, float], max_render_failures: int) -> None:
     """Serve avatars over gRPC (proto/avatar/v1/avatar.proto): CreateAvatar, RenderStream, health, drain on SIGTERM."""
     try:
         from otavatar.server import ServerConfig, run
@@ -401,7 +406,9 @@ def serve(models: str, data: str, host: str, port: int, token_file: str | None, 
         config = ServerConfig(models=models, data=data, host=host, port=port, tokens=token_file, tls_cert=tls_cert,
                               tls_key=tls_key, tls_client_ca=tls_client_ca, insecure=insecure, weights=weights,
                               max_streams=max_streams, max_jobs=max_jobs, job_workers=job_workers, steps=steps,
-                              max_batch=max_batch, providers=providers, threads=threads, grace_s=grace)
+                              max_batch=max_batch, providers=providers, threads=threads, grace_s=grace,
+                              keepalive_time_s=keepalive[0], keepalive_timeout_s=keepalive[1],
+                              max_render_failures=max_render_failures)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     try:

@@ -278,3 +278,24 @@ def test_cli_import_stays_light():
             "print(heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_serve_passes_keepalive_and_render_failure_settings(runner, tmp_path, monkeypatch):
+    pytest.importorskip("grpc")
+    import otavatar.server
+
+    seen = {}
+
+    def fake_run(config):
+        seen["config"] = config
+        return 0
+
+    monkeypatch.setattr(otavatar.server, "run", fake_run)
+    result = runner.invoke(main, ["serve", "--models", str(tmp_path), "--data", str(tmp_path / "data"),
+                                  "--keepalive", "5", "2.5", "--max-render-failures", "7"])
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert (config.keepalive_time_s, config.keepalive_timeout_s, config.max_render_failures) == (5.0, 2.5, 7)
+    bad = runner.invoke(main, ["serve", "--models", str(tmp_path), "--data", str(tmp_path / "data"),
+                               "--keepalive", "0", "1"])
+    assert bad.exit_code == 2 and "--keepalive" in bad.output
