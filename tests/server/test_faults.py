@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import TOKEN_A, coeff_rows, token_file, wait_idle
+from conftest import REPO, TOKEN_A, coeff_rows, token_file, wait_idle
 from otavatar.server._proto import avatar_pb2 as pb
 from otavatar.server._proto import avatar_pb2_grpc as pb_grpc
 from otavatar.server.scheduler import FrameJob, RenderScheduler, StreamClosed, StreamState
@@ -337,8 +337,6 @@ def test_f2_a_frozen_client_blocks_no_other_stream_and_its_slot_is_freed(servers
     import signal
     import subprocess
     import sys
-
-    from conftest import REPO
 
     server = servers.start(keepalive_time_s=2.0, keepalive_timeout_s=3.0, idle_timeout_s=60.0)
     avatar_id = import_avatar(server, avatar_file)
