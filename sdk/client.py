@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from numpy.typing import NDArray
 
+from otavatar import _grpcenv  # noqa: F401  (before grpc is imported: see there)
+
 __all__ = ["AvatarClient", "ClientTLS", "AvatarInfo", "StreamFrame", "AvatarCreationError"]
 
 # 512x512 RGBA frames are 1 MiB and avatar files / portraits up to 10 MB: above gRPC's 4 MiB default

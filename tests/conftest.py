@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from otavatar import _grpcenv  # noqa: F401  (before any test module imports grpc: grpc/grpc#43055, see there)
+
 REPO = Path(__file__).resolve().parents[1]
 VENDORED_PARITY = REPO / "tests" / "fixtures" / "parity"
 

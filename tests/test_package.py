@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -37,3 +38,16 @@ def test_version_and_lazy_submodules():
     assert otavatar.camera.look_at_camera(0.0, 0.0).shape == (25,)
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         otavatar.nonexistent  # noqa: B018
+
+
+def test_grpc_fork_handlers_are_off_unless_the_user_chose():
+    """otavatar.client / otavatar.server switch grpcio's fork handlers off before grpc loads (grpc/grpc#43055:
+    a subprocess started after gRPC use died with EBADF, e.g. the ffmpeg of a video writer), but keep a user's
+    explicit setting."""
+    code = "import os, otavatar.client, otavatar.server; print(os.environ['GRPC_ENABLE_FORK_SUPPORT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "false"
+    env["GRPC_ENABLE_FORK_SUPPORT"] = "true"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "true"

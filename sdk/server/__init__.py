@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from otavatar import _grpcenv  # noqa: F401  (before grpc is imported: see there)
+
 __all__ = ["Server", "ServerConfig", "run"]
 
 
