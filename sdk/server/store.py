@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from otavatar.fileio import fsync_dir
+from otavatar.fileio import atomic_write, fsync_dir
 
 __all__ = ["AvatarStore", "AvatarRecord", "RecoveryReport", "validate_id", "new_id", "ID_PATTERN",
            "PENDING", "READY", "FAILED"]
@@ -195,22 +195,17 @@ class AvatarStore:
 
     # -- blobs -----------------------------------------------------------------------------------------------
     def _write_blob(self, avatar_id: str, data: bytes) -> None:
-        final = self.blob_path(avatar_id)
-        tmp = self.blobs / f".{avatar_id}.{secrets.token_hex(4)}.tmp"
-        try:
+        """Atomically (a `.<name>.*.tmp` beside it, removed by `recover` after a crash), with the F5 crash
+        points half-way through the write and after the rename."""
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 half = len(data) // 2
                 f.write(data[:half])
                 f.flush()
                 crash_point("during_blob_write")
                 f.write(data[half:])
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.blobs)
+
+        atomic_write(self.blob_path(avatar_id), write)
         crash_point("after_rename")
 
     # -- recovery --------------------------------------------------------------------------------------------
