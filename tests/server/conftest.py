@@ -5,6 +5,7 @@ needs kill -9 or SIGTERM. Everything runs single-threaded (ORT intra-op 1, torch
 """
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -53,12 +54,16 @@ def tiny_model(request, tmp_path_factory) -> TinyModel:
         root = tmp_path_factory.mktemp("tiny")
     onnx, weights = root / "onnx", root / "tiny.safetensors"
     manifest = onnx / "manifest.json"
-    if not (manifest.is_file() and weights.is_file()
-            and json.loads(manifest.read_text()).get("model_fingerprint") == fp):
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        save_models(weights, generator=generator, controller=controller)
-        export_models(onnx, generator, controller, verify=False, source=source)
+    # both xdist workers ask for this at once: the first builds under the lock, the other waits and reuses it
+    # (without the lock one worker's rmtree removed the folder the other was exporting into)
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (manifest.is_file() and weights.is_file()
+                and json.loads(manifest.read_text()).get("model_fingerprint") == fp):
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            save_models(weights, generator=generator, controller=controller)
+            export_models(onnx, generator, controller, verify=False, source=source)
     return TinyModel(weights=weights, onnx=onnx, fingerprint=fp)
 
 
