@@ -412,10 +412,9 @@ def serve(models: str, data: str, host: str, port: int, token_file: str | None, 
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     try:
-        code = run(config)
+        run(config)                  # ends the process after the drain (exit code 0)
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    sys.exit(code)
 
 
 def _register_train() -> None:

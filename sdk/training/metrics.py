@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["psnr", "ssim", "landmark_distance", "expression_error", "to_unit", "SSIM_WINDOW", "SSIM_SIGMA"]
+__all__ = ["psnr", "ssim", "landmark_distance", "expression_error", "expression_error_per_control", "to_unit", "SSIM_WINDOW", "SSIM_SIGMA"]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -102,6 +102,11 @@ def landmark_distance(pred: ArrayLike, truth: ArrayLike) -> float:
 
 def expression_error(pred: ArrayLike, truth: ArrayLike) -> float:
     """AED-like: mean absolute difference of SynthHeads' 8 semantic controls. pred, truth: [N,8] (or [8])."""
+    return float(expression_error_per_control(pred, truth).mean())
+
+
+def expression_error_per_control(pred: ArrayLike, truth: ArrayLike) -> NDArray[np.float64]:
+    """Mean absolute difference of each of SynthHeads' 8 semantic controls -> [8]. pred, truth: [N,8] (or [8])."""
     from otavatar.synthetic.params import N_CONTROLS
 
     p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
@@ -110,4 +115,4 @@ def expression_error(pred: ArrayLike, truth: ArrayLike) -> float:
                          f"{list(p.shape)} and {list(t.shape)}")
     if not (np.isfinite(p).all() and np.isfinite(t).all()):
         raise ValueError("controls have non-finite values")
-    return float(np.abs(p - t).mean())
+    return np.abs(p - t).reshape(-1, N_CONTROLS).mean(0)

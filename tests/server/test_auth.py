@@ -214,7 +214,7 @@ def test_s9_the_log_holds_no_token_image_or_latent(tiny_model, tmp_path, avatar_
                 with pytest.raises(grpc.RpcError) as err:
                     call()
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert server.terminate() == 0
+        assert server.terminate() == 0, server.log.read_text()
     finally:
         server.kill9()
     log = server.log.read_text()

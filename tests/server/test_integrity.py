@@ -185,7 +185,7 @@ def test_f8_serve_process_stays_live_and_drains(tiny_model, tmp_path):
                     time.sleep(0.1)
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING, proc.log.read_text()
         assert proc.proc.poll() is None                                     # live
-        assert proc.terminate() == 0
+        assert proc.terminate() == 0, proc.log.read_text()
     finally:
         proc.kill9()
     log = proc.log.read_text()

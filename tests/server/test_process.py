@@ -88,7 +88,7 @@ def test_f5_kill9_during_avatar_creation(tiny_model, portrait, tmp_path):
                     if not good:   # on a fast or slow machine every kill may land before a creation finished
                         good = [c.create_avatar(image, camera=camera, aligned=True)]
                     assert len(list(c.stream(good[0], coeff_rows(1), window="causal"))) == 1
-                assert server.terminate() == 0
+                assert server.terminate() == 0, server.log.read_text()
                 break
 
             def create():

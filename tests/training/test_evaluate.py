@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from otavatar.coeffs import CONTROLLER_ANGLE, CONTROLLER_EXP, CONTROLLER_TRANS
-from otavatar.synthetic import Identity, Motion, exp_to_controls, render
+from otavatar.synthetic import CONTROLS, Identity, Motion, exp_to_controls, render
 from otavatar.training.evaluate import default_pairs, evaluate_reenactment
 from otavatar.training.probe import FaceProbe, ProbeConfig
 
@@ -91,7 +91,11 @@ def test_perfect_renderer_hits_the_probe_floor(micro, generator, probe):
     assert d["mean"]["psnr"] == "inf"
     json.dumps(d, allow_nan=False)
     table = report.table()
-    assert table.count("\n") == 3 and "synth0002#00" in table and "**mean**" in table
+    assert table.count("\n") == 5 and "synth0002#00" in table and "**mean**" in table
+    assert "AED over the controls the probe reads" in table
+    assert set(report.controls) == set(CONTROLS) and len(pair.aed_controls) == len(CONTROLS)
+    assert np.mean(pair.aed_controls) == pytest.approx(pair.aed)
+    assert set(report.readable_controls) <= set(CONTROLS)
 
 
 def test_wrong_renderer_scores_worse_and_static_mode_drops_the_controller(micro, generator, probe):
@@ -115,3 +119,21 @@ def test_wrong_renderer_scores_worse_and_static_mode_drops_the_controller(micro,
 def test_validation(micro, generator, probe, kw, match):
     with pytest.raises(ValueError, match=match):
         run(micro, generator, probe, Stand(micro, perfect=True), **kw)
+
+
+def test_readable_aed_keeps_only_the_controls_the_probe_reads_on_the_truth():
+    from otavatar.training.evaluate import READABLE_RATIO, _readable_controls
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, (50, len(CONTROLS)))
+    truth[:, 7] = 0.3                                         # a control that never varies: never readable
+    floor = truth + rng.normal(0, 0.5, truth.shape)           # the probe reads nothing...
+    floor[:, :2] = truth[:, :2] + 0.01                        # ...but the first two controls
+    generated = truth.copy()
+    generated[:, 0] += 0.2                                    # off by 0.2 on a readable control
+    generated[:, 5] += 0.9                                    # a large error on an unreadable one does not count
+    table, readable = _readable_controls(generated, floor, truth)
+    assert readable == list(CONTROLS[:2])
+    assert table[CONTROLS[0]]["aed"] == pytest.approx(0.2) and table[CONTROLS[1]]["aed"] == pytest.approx(0.0)
+    assert table[CONTROLS[0]]["floor"] <= READABLE_RATIO * table[CONTROLS[0]]["baseline"]
+    assert table[CONTROLS[7]]["baseline"] == pytest.approx(0, abs=1e-12)
