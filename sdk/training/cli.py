@@ -114,6 +114,11 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--identity-encoder", default="synthheads", show_default=True,
               help="'synthheads' (the shipped SynthHeads encoder), a path to ArcFace ResNet-18 weights, or 'none'.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--init-codes", "init_codes_run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A prior run folder: start each video's code inversion at the mean of the prior's codes of its "
+                   "frames instead of w_avg (for short inversions; needs --multiview).")
+@click.option("--multiview", "multiview_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The multiview .npz that prior was trained on (with --init-codes).")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
@@ -121,10 +126,13 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iterations: int, batch: int,
                inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
-               max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
+               init_codes_run: str | None, multiview_file: str | None, max_minutes: float | None, seed: int,
+               resume: bool, threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
+    if (init_codes_run is None) != (multiview_file is None):
+        raise click.UsageError("--init-codes and --multiview go together")
     _threads(threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
@@ -138,8 +146,15 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                 lr_code=lr_code, sr_perceptual_size=sr_perceptual_size,
                                 density_points=density_points, max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder
+        init_codes = None
+        if init_codes_run is not None:
+            from otavatar.training.multiview import load_multiview
+            from otavatar.training.prior import prior_identity_codes
+
+            init_codes = prior_identity_codes(init_codes_run, load_multiview(multiview_file),
+                                              Path(data_dir) / "truth.npz")
         result = train_controller(data_dir, prior_file, out_dir, config, resume=resume, vgg_weights=vgg_weights,
-                                  identity_encoder=encoder)
+                                  identity_encoder=encoder, init_codes=init_codes)
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     finally:

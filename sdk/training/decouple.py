@@ -2,13 +2,18 @@
 
 One iteration per batch of B videos x 2 frames (spec 3.4):
 
-(a) invert an identity code per video from w_avg, on both frames at once (each frame = w + C(its window)),
+(a) invert an identity code per video from w_avg (or from `init_codes`, below), on both frames at once (each frame = w + C(its window)),
     jointly with an 18-number intrinsics correction; `schedule="successive"` (published) steps w for the first
     N_id = inversion_steps - controller_steps steps and only the controller for the last N_mo steps;
     `schedule="joint"` (the paper's ablation) steps both at every step. The SR branch joins in the last sr_steps.
 (b) refine: for each frame, render the detached code + C(window) with both low-res and SR losses plus the
     monotonic and TV density terms, and step the controller (AdamW) and the whole generator (Adam).
 (c) EMA (0.95) of both networks' parameters.
+
+`init_codes` (name -> [w_dim]) starts a video's inversion at its own code instead of w_avg. The published 90 code
+steps reach an identity from w_avg; the ~8 a CPU run affords do not (the inverted codes kept w_avg's colours and
+hair), so the controller learnt from frames whose identity was wrong. On SynthHeads the auto-decoded prior already
+holds that inversion: every training frame's code (`prior.prior_identity_codes` averages them per video).
 
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
@@ -22,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -103,6 +108,7 @@ class Batch:
     windows: Tensor       # [B,2,70,27]
     cameras: Tensor       # [B,2,25]
     landmarks: Tensor     # [B,2,68,2] px of the R-px images
+    videos: list[str] = field(default_factory=list)   # [B] video names
 
 
 class PairSampler:
@@ -133,10 +139,11 @@ class PairSampler:
 
     def sample(self, batch: int, rng: np.random.Generator) -> Batch:
         persons = rng.choice(len(self.persons), batch, replace=batch > len(self.persons))
-        out: dict[str, list] = {"images": [], "windows": [], "cameras": [], "landmarks": []}
+        out: dict[str, list] = {"images": [], "windows": [], "cameras": [], "landmarks": [], "videos": []}
         for p in persons:
             options = self.by_person[self.persons[p]]
             video = options[rng.integers(len(options))]
+            out["videos"].append(video)
             win, cams, prob = self._cache[video]
             frames = rng.choice(len(prob), 2, replace=False, p=prob)
             imgs = np.stack([self.data.frame(video, int(f)) for f in frames])
@@ -148,7 +155,7 @@ class PairSampler:
         images = torch.from_numpy(np.stack(out["images"])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
         return Batch(images=images, windows=torch.from_numpy(np.stack(out["windows"])),
                      cameras=torch.from_numpy(np.stack(out["cameras"])).float(),
-                     landmarks=torch.from_numpy(np.stack(out["landmarks"])).float())
+                     landmarks=torch.from_numpy(np.stack(out["landmarks"])).float(), videos=out["videos"])
 
 
 def _world() -> tuple[int, int]:
@@ -191,9 +198,11 @@ def _ema_update(ema: torch.nn.Module, current: torch.nn.Module, decay: float) ->
 def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_dir: str | os.PathLike,
                      config: DecoupleConfig = DecoupleConfig(), *, resume: bool = False, progress: bool = True,
                      vgg_weights: str | os.PathLike | None = None, identity_encoder: str | None = "synthheads",
+                     init_codes: Mapping[str, Tensor] | None = None,
                      on_iteration: Callable[[int, dict], None] | None = None) -> DecoupleResult:
     """Train a controller (and fine-tune the generator) from the generator in `prior` (an otavatar weights file;
-    a controller in it is used as the start, else a fresh one of the matching preset)."""
+    a controller in it is used as the start, else a fresh one of the matching preset). init_codes: video name ->
+    [w_dim] start of that video's code inversion (module docstring); videos without one start at w_avg."""
     from otavatar.config import ControllerConfig
     from otavatar.models import MotionController
     from otavatar.weights import load_models
@@ -210,8 +219,10 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         torch.manual_seed(config.seed)
         controller = MotionController(ControllerConfig(num_ws=gcfg.num_ws, w_dim=gcfg.w_dim,
                                                        descriptor_channels=min(256, 2 * gcfg.w_dim))).train()
+    codes = _check_init_codes(init_codes, gcfg.w_dim)
     if rank == 0:
-        run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world}, resume=resume)
+        run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world,
+                               "init_codes": len(codes) if codes else None}, resume=resume)
     opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
                               weight_decay=config.controller_weight_decay)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
@@ -249,7 +260,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     try:
         for it in range(start, config.iterations):
             batch = sampler.sample(config.batch, rng)
-            values, preview = _iteration(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng)
+            values, preview = _iteration(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng,
+                                         codes)
             _ema_update(ema_g, generator, config.ema)
             _ema_update(ema_c, controller, config.ema)
             last = values["refine"] if config.refine else values["inversion"]
@@ -296,8 +308,19 @@ def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c)
                 metadata={"step": step, "kind": "decouple-ema"})
 
 
+def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int) -> dict[str, Tensor]:
+    codes = {}
+    for name, code in (init_codes or {}).items():
+        code = torch.as_tensor(code, dtype=torch.float32).detach()
+        if code.shape != (w_dim,) or not torch.isfinite(code).all():
+            raise ValueError(f"init_codes[{name!r}] must be a finite [{w_dim}] vector, got {list(code.shape)}")
+        codes[str(name)] = code
+    return codes
+
+
 def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, config: DecoupleConfig,
-               opt_c, opt_g, dens_rng) -> tuple[dict[str, float], Tensor]:
+               opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None
+               ) -> tuple[dict[str, float], Tensor]:
     cfg = generator.config
     b = batch.images.shape[0]
     images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video
@@ -305,7 +328,8 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
     cameras = batch.cameras.flatten(0, 1)                # [2B,25]
     landmarks = batch.landmarks.flatten(0, 1)            # [2B,68,2]
     w_avg = generator.w_avg.detach()
-    code = w_avg.expand(b, 1, cfg.w_dim).clone().requires_grad_(True)       # [B,1,w_dim] (W space)
+    starts = [init_codes.get(v, w_avg) for v in batch.videos] if init_codes and batch.videos else [w_avg] * b
+    code = torch.stack(starts)[:, None].clone().requires_grad_(True)        # [B,1,w_dim] (W space)
     correction = IntrinsicsCorrection(b)
     opt_w = torch.optim.Adam([code], lr=config.lr_code, betas=(0.9, 0.999))
     opt_k = torch.optim.AdamW(correction.parameters(), lr=config.lr_intrinsics, betas=(0.9, 0.9999),

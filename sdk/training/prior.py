@@ -25,7 +25,7 @@ from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, l
 from otavatar.training.multiview import MultiviewSet
 from otavatar.training.run import RunDir, image_grid, to_uint8
 
-__all__ = ["PriorConfig", "PriorResult", "train_prior"]
+__all__ = ["PriorConfig", "PriorResult", "train_prior", "prior_identity_codes"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,28 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
     _set_w_avg(generator, codes)
     return PriorResult(generator=generator.eval(), codes=codes.detach().clone(), steps=step + 1,
                        seconds=time.perf_counter() - t0, final_loss=loss_value, run_dir=run.path)
+
+
+def prior_identity_codes(prior_run: str | os.PathLike, data: MultiviewSet, truth_npz: str | os.PathLike
+                         ) -> dict[str, Tensor]:
+    """Video name -> the mean of the prior's codes of that video's frames [w_dim]: an identity code under the
+    prior's generator (its frames' expressions averaged), the start of that video's inversion in the controller
+    trainer (decouple.train_controller's init_codes). data: the multiview set the prior was trained on."""
+    from safetensors.torch import load_file
+
+    path = Path(prior_run) / "extra.safetensors"
+    if not path.is_file():
+        raise ValueError(f"{prior_run}: no extra.safetensors (not a prior run folder)")
+    codes = load_file(str(path)).get("codes")
+    if codes is None or codes.ndim != 2 or codes.shape[0] != len(data):
+        raise ValueError(f"{path}: codes {None if codes is None else list(codes.shape)} do not match the "
+                         f"multiview set's {len(data)} frames: pass the set this prior was trained on")
+    with np.load(truth_npz) as truth:
+        names = [str(v) for v in truth["videos"]]
+    if int(data.video.max()) >= len(names):
+        raise ValueError(f"{truth_npz} has {len(names)} videos but the multiview set refers to video "
+                         f"{int(data.video.max())}: pass the dataset the set was rendered from")
+    return {names[v]: codes[torch.from_numpy(data.video == v)].mean(0) for v in np.unique(data.video).tolist()}
 
 
 def _shrink(image: Tensor, size: int | None) -> Tensor:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,14 +49,18 @@ def test_one_iteration_writes_a_resumable_run(micro_dataset, random_prior, tmp_p
 
 
 def _fresh_controller_like(run):
-    """The controller a run starts from (seeded by config.seed, as train_controller builds it)."""
+    """The parameters a run's controller starts from."""
+    return _fresh_controller(load_models(run / "checkpoint.safetensors").generator).parameters()
+
+
+def _fresh_controller(generator):
+    """The controller train_controller builds for `generator` (seeded by config.seed)."""
     from otavatar.config import ControllerConfig
     from otavatar.models import MotionController
 
-    g = load_models(run / "checkpoint.safetensors").generator.config
+    g = generator.config
     torch.manual_seed(0)
-    return MotionController(ControllerConfig(num_ws=g.num_ws, w_dim=g.w_dim,
-                                             descriptor_channels=min(256, 2 * g.w_dim))).parameters()
+    return MotionController(ControllerConfig(num_ws=g.num_ws, w_dim=g.w_dim, descriptor_channels=min(256, 2 * g.w_dim)))
 
 
 @pytest.mark.parametrize("schedule, changes", [("successive", False), ("joint", True)])
@@ -66,6 +71,42 @@ def test_schedules_decide_who_learns_during_inversion(micro_dataset, random_prio
     start = torch.cat([p.flatten() for p in _fresh_controller_like(tmp_path / "run")])
     trained = _controller_params(tmp_path / "run" / "checkpoint.safetensors")
     assert (not torch.equal(start, trained)) is changes
+
+
+def test_init_codes_start_the_inversion_of_their_video(micro_dataset, random_prior):
+    """With no code step (successive, every inversion step trains the controller) the rendered ws are exactly
+    init code + motion for a video that has one, and w_avg + motion for one that does not."""
+    from otavatar.training.decouple import PairSampler, _check_init_codes, _iteration
+
+    models = load_models(random_prior)
+    generator, controller = models.generator, _fresh_controller(models.generator)
+    sampler = PairSampler(micro_dataset)
+    try:
+        batch = sampler.sample(2, np.random.default_rng(0))
+    finally:
+        sampler.close()
+    w_dim = generator.config.w_dim
+    start = torch.randn(w_dim)
+    codes = _check_init_codes({batch.videos[0]: start}, w_dim)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def losses(generator, ws, *args, **kw):
+        seen.append(ws.detach())
+        raise Stop
+
+    cfg = _config(inversion_steps=1, controller_steps=1, sr_steps=0)
+    opt = torch.optim.SGD(controller.parameters(), lr=0.0)
+    with pytest.raises(Stop):
+        _iteration(generator, controller, losses, batch, cfg, opt, opt, torch.Generator(), codes)
+    with torch.no_grad():
+        motion = controller(batch.windows.flatten(0, 1))
+    expected = torch.stack([start, start, generator.w_avg, generator.w_avg])[:, None] + motion
+    torch.testing.assert_close(seen[0], expected)
+    with pytest.raises(ValueError, match="finite"):
+        _check_init_codes({"v": torch.zeros(3)}, w_dim)
 
 
 def test_config_validation():

@@ -71,3 +71,19 @@ def test_bad_config_and_data(views, tmp_path):
         PriorConfig(preset="huge")
     with pytest.raises(ValueError, match="views"):
         train_prior(views, tmp_path / "r", PriorConfig(views=5), progress=False)
+
+
+def test_identity_codes_are_the_mean_code_of_each_video(views, micro_dataset, tmp_path):
+    import numpy as np
+
+    from otavatar.training.prior import prior_identity_codes
+
+    train_prior(views, tmp_path / "run", _config(1), progress=False)
+    codes = load_file(str(tmp_path / "run" / "extra.safetensors"))["codes"]
+    names = [str(v) for v in np.load(micro_dataset / "truth.npz")["videos"]]
+    got = prior_identity_codes(tmp_path / "run", views, micro_dataset / "truth.npz")
+    assert sorted(got) == sorted(names[v] for v in set(views.video.tolist()))
+    for v in set(views.video.tolist()):
+        torch.testing.assert_close(got[names[v]], codes[torch.from_numpy(views.video == v)].mean(0))
+    with pytest.raises(ValueError, match="not a prior run"):
+        prior_identity_codes(tmp_path, views, micro_dataset / "truth.npz")

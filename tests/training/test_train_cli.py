@@ -41,6 +41,17 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     again = _run("prior", "--multiview", str(mv), "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "1")
     assert again.exit_code != 0 and "resume" in again.output        # never overwrites a finished run
 
+    # the controller trainer, starting each video's inversion at the prior's codes of its frames
+    args = ["controller", "--data", str(micro_dataset), "--prior", str(tmp_path / "run" / "checkpoint.safetensors"),
+            "--out", str(tmp_path / "ctrl"), "--iterations", "1", "--batch", "1", "--inversion-steps", "2",
+            "--controller-steps", "1", "--sr-steps", "1", "--density-points", "64", "--sr-perceptual-size", "32",
+            "--identity-encoder", "none", "--init-codes", str(tmp_path / "run")]
+    result = _run(*args)
+    assert result.exit_code != 0 and "--init-codes and --multiview go together" in result.output
+    result = _run(*args, "--multiview", str(mv))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ctrl" / "ema.safetensors").is_file()
+
 
 def test_package_writes_a_default_model_with_provenance(tmp_path):
     import json
