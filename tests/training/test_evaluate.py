@@ -132,8 +132,12 @@ def test_readable_aed_keeps_only_the_controls_the_probe_reads_on_the_truth():
     generated = truth.copy()
     generated[:, 0] += 0.2                                    # off by 0.2 on a readable control
     generated[:, 5] += 0.9                                    # a large error on an unreadable one does not count
+    truth[:, 3] = np.where(np.arange(50) % 4 == 0, 1.0, 0.0)   # a blink: 0 in 3 of 4 frames
+    floor[:, 3] = 0.0                                          # a probe that always answers 0 scores the median
+    generated[:, 3] = 0.0
     table, readable = _readable_controls(generated, floor, truth)
     assert readable == list(CONTROLS[:2])
+    assert table[CONTROLS[3]]["floor"] == pytest.approx(table[CONTROLS[3]]["baseline"])    # not read
     assert table[CONTROLS[0]]["aed"] == pytest.approx(0.2) and table[CONTROLS[1]]["aed"] == pytest.approx(0.0)
     assert table[CONTROLS[0]]["floor"] <= READABLE_RATIO * table[CONTROLS[0]]["baseline"]
     assert table[CONTROLS[7]]["baseline"] == pytest.approx(0, abs=1e-12)
