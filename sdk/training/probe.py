@@ -345,13 +345,16 @@ def render_other_views(truth_npz: str | os.PathLike, *, yaws: tuple[float, ...] 
 def train_probe(lmdb_dir: str | os.PathLike, truth_npz: str | os.PathLike | None = None, *, steps: int = 3000,
                 batch: int = 32, seed: int = 0, out: str | os.PathLike | None = None, lr: float = 2e-3,
                 config: ProbeConfig = ProbeConfig(), other_views: bool = True, frame_step: int = 1,
-                progress: bool = False, log_every: int = 0) -> tuple[FaceProbe, ProbeReport]:
+                progress: bool = False, log_every: int = 0, control_weight: float = 1.0,
+                control_loss: str = "l1") -> tuple[FaceProbe, ProbeReport]:
     """Train a FaceProbe on the TRAIN split of a SynthHeads dataset (Adam, cosine lr, L1 on landmarks in
-    [0,1] x 10 + L1 on controls; random shift/scale/rotation applied to image and landmarks together, random
+    [0,1] x 10 + control_weight x L1 or L2 (control_loss) on controls; random shift/scale/rotation applied to image and landmarks together, random
     blur/gain/noise), evaluate on the TEST split (and, with other_views, on test subjects re-rendered from
     yaw +-0.4), save to `out` if given. -> (probe in eval mode, ProbeReport)."""
     if steps < 1 or batch < 1:
         raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
+    if control_loss not in ("l1", "l2"):
+        raise ValueError(f"control_loss must be 'l1' or 'l2', got {control_loss!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     root = Path(lmdb_dir)
@@ -376,7 +379,11 @@ def train_probe(lmdb_dir: str | os.PathLike, truth_npz: str | os.PathLike | None
         x, lm = warp(x_all[idx], lm_all[idx], theta)
         x = _degrade(x, gen)
         pred_lm, pred_c = probe(x)
-        loss = 10.0 * (pred_lm - lm).abs().mean() + (pred_c - c_all[idx]).abs().mean()
+        err = pred_c - c_all[idx]
+        # l2 regresses to the conditional mean; l1 to the median, which is 0 for a blink (0 in about half the
+        # talking frames), so an l1 probe that cannot yet see an eye has no reason to look
+        control_term = (err.abs() if control_loss == "l1" else err.square()).mean()
+        loss = 10.0 * (pred_lm - lm).abs().mean() + control_weight * control_term
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -91,3 +91,11 @@ def test_shipped_probe_loads():
     assert DEFAULT_PROBE.stat().st_size < 3 * 2**20
     out = probe.predict(np.full((1, 128, 128, 3), 255, np.uint8))
     assert np.isfinite(out.landmarks).all()
+
+
+def test_l2_control_loss_trains_and_bad_loss_names_are_refused(micro_dataset):
+    _, report = train_probe(micro_dataset.out_dir, steps=3, batch=4, seed=0, config=TINY, other_views=False,
+                            control_loss="l2", control_weight=10.0)
+    assert np.isfinite(report.final_loss) and np.isfinite(report.test_control_l1)
+    with pytest.raises(ValueError, match="control_loss"):
+        train_probe(micro_dataset.out_dir, steps=1, config=TINY, other_views=False, control_loss="huber")
