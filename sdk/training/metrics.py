@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["psnr", "ssim", "landmark_distance", "expression_error", "expression_error_per_control", "to_unit", "SSIM_WINDOW", "SSIM_SIGMA"]
+__all__ = ["psnr", "ssim", "landmark_distance", "expression_error", "expression_error_per_control", "to_unit",
+           "SSIM_WINDOW", "SSIM_SIGMA"]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
