@@ -2,10 +2,11 @@
 
 One iteration per batch of B videos x 2 frames (spec 3.4):
 
-(a) invert an identity code per video from w_avg (or from `init_codes`, below), on both frames at once
-    (each frame = w + C(its window)), jointly with an 18-number intrinsics correction; `schedule="successive"` (published) steps w for the first
-    N_id = inversion_steps - controller_steps steps and only the controller for the last N_mo steps;
-    `schedule="joint"` (the paper's ablation) steps both at every step. The SR branch joins in the last sr_steps.
+(a) invert an identity code per video from w_avg (or from `init_codes`, below), on both frames at once (each
+    frame = w + C(its window)), jointly with an 18-number intrinsics correction; `schedule="successive"`
+    (published) steps w for the first N_id = inversion_steps - controller_steps steps and only the controller
+    for the last N_mo steps; `schedule="joint"` (the paper's ablation) steps both at every step. The SR branch
+    joins in the last sr_steps.
 (b) refine: for each frame, render the detached code + C(window) with both low-res and SR losses plus the
     monotonic and TV density terms, and step the controller (AdamW) and the whole generator (Adam).
 (c) EMA (0.95) of both networks' parameters.

@@ -349,8 +349,8 @@ def train_probe(lmdb_dir: str | os.PathLike, truth_npz: str | os.PathLike | None
                 control_loss: str = "l1") -> tuple[FaceProbe, ProbeReport]:
     """Train a FaceProbe on the TRAIN split of a SynthHeads dataset (Adam, cosine lr, L1 on landmarks in
     [0,1] x 10 + control_weight x L1 or L2 (control_loss) on controls; random shift/scale/rotation applied to
-    image and landmarks together, random blur/gain/noise), evaluate on the TEST split (and, with other_views, on test subjects re-rendered from
-    yaw +-0.4), save to `out` if given. -> (probe in eval mode, ProbeReport)."""
+    image and landmarks together, random blur/gain/noise), evaluate on the TEST split (and, with other_views, on
+    test subjects re-rendered from yaw +-0.4), save to `out` if given. -> (probe in eval mode, ProbeReport)."""
     if steps < 1 or batch < 1:
         raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
     if control_loss not in ("l1", "l2"):
