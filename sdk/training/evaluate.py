@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from otavatar.training.metrics import expression_error, expression_error_per_control, landmark_distance, psnr, ssim
+from otavatar.training.metrics import expression_error_per_control, landmark_distance, psnr, ssim
 
 __all__ = ["PairResult", "ReenactmentReport", "evaluate_reenactment", "default_pairs", "MODES", "READABLE_RATIO"]
 
@@ -204,16 +204,16 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
                 raise ValueError(f"render_motion gave {generated.dtype} {list(generated.shape)}; expected uint8 "
                                  f"{list(gt.images.shape)}")
             p_gen, p_gt = probe.predict(generated), probe.predict(gt.images)
+            aed_c = expression_error_per_control(p_gen.controls, gt.controls)        # [8]
+            floor_c = expression_error_per_control(p_gt.controls, gt.controls)
             frame_psnr = [psnr(a, b) for a, b in zip(generated, gt.images)]
             losses = getattr(result, "losses", None)
             pr = PairResult(
                 source=s, driver=d, frames=t, psnr=float(np.mean(frame_psnr)),
                 ssim=float(np.mean([ssim(a, b) for a, b in zip(generated, gt.images)])),
-                akd=landmark_distance(p_gen.landmarks, gt.landmarks), aed=expression_error(p_gen.controls, gt.controls),
-                floor_akd=landmark_distance(p_gt.landmarks, gt.landmarks),
-                floor_aed=expression_error(p_gt.controls, gt.controls),
-                aed_controls=expression_error_per_control(p_gen.controls, gt.controls).tolist(),
-                floor_aed_controls=expression_error_per_control(p_gt.controls, gt.controls).tolist(),
+                akd=landmark_distance(p_gen.landmarks, gt.landmarks), aed=float(aed_c.mean()),
+                floor_akd=landmark_distance(p_gt.landmarks, gt.landmarks), floor_aed=float(floor_c.mean()),
+                aed_controls=aed_c.tolist(), floor_aed_controls=floor_c.tolist(),
                 inversion_seconds=t1 - t0, render_seconds=t2 - t1,
                 inversion_loss=float(losses[-1]) if losses else None)
             results.append(pr)

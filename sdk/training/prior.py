@@ -210,6 +210,8 @@ def prior_identity_codes(prior_run: str | os.PathLike, data: MultiviewSet, truth
     if codes is None or codes.ndim != 2 or codes.shape[0] != len(data):
         raise ValueError(f"{path}: codes {None if codes is None else list(codes.shape)} do not match the "
                          f"multiview set's {len(data)} frames: pass the set this prior was trained on")
+    if not Path(truth_npz).is_file():
+        raise ValueError(f"{truth_npz} not found: the prior's codes are named by a SynthHeads dataset's truth.npz")
     with np.load(truth_npz) as truth:
         names = [str(v) for v in truth["videos"]]
     if int(data.video.max()) >= len(names):

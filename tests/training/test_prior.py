@@ -87,3 +87,5 @@ def test_identity_codes_are_the_mean_code_of_each_video(views, micro_dataset, tm
         torch.testing.assert_close(got[names[v]], codes[torch.from_numpy(views.video == v)].mean(0))
     with pytest.raises(ValueError, match="not a prior run"):
         prior_identity_codes(tmp_path, views, micro_dataset / "truth.npz")
+    with pytest.raises(ValueError, match="truth.npz"):
+        prior_identity_codes(tmp_path / "run", views, tmp_path / "truth.npz")
