@@ -119,6 +119,11 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
                    "frames instead of w_avg (for short inversions; needs --multiview).")
 @click.option("--multiview", "multiview_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The multiview .npz that prior was trained on (with --init-codes).")
+@click.option("--persistent-codes", is_flag=True,
+              help="Each video's inversion continues from its previous one (a code bank kept with the run) "
+                   "instead of restarting: short CPU inversions add up to converged identity codes.")
+@click.option("--fresh-controller", is_flag=True,
+              help="Start from a new controller even when the --prior file holds one (keep only its generator).")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
@@ -126,8 +131,9 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iterations: int, batch: int,
                inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
-               init_codes_run: str | None, multiview_file: str | None, max_minutes: float | None, seed: int,
-               resume: bool, threads: int | None) -> None:
+               init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
+               fresh_controller: bool, max_minutes: float | None, seed: int, resume: bool,
+               threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
@@ -144,7 +150,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
         config = DecoupleConfig(iterations=iterations, batch=batch, inversion_steps=inversion_steps,
                                 controller_steps=controller_steps, sr_steps=sr_steps, schedule=schedule,
                                 lr_code=lr_code, sr_perceptual_size=sr_perceptual_size,
-                                density_points=density_points, max_minutes=max_minutes, seed=seed)
+                                density_points=density_points, persistent_codes=persistent_codes,
+                                max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder
         init_codes = None
         if init_codes_run is not None:
@@ -154,7 +161,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
             init_codes = prior_identity_codes(init_codes_run, load_multiview(multiview_file),
                                               Path(data_dir) / "truth.npz")
         result = train_controller(data_dir, prior_file, out_dir, config, resume=resume, vgg_weights=vgg_weights,
-                                  identity_encoder=encoder, init_codes=init_codes)
+                                  identity_encoder=encoder, init_codes=init_codes,
+                                  fresh_controller=fresh_controller)
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -175,6 +183,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
 @click.option("--mode", type=click.Choice(["controller", "static"]), default="controller", show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--pairs", type=click.IntRange(min=1), default=None, help="At most this many (source, driver) pairs.")
+@click.option("--videos-per-subject", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Source videos per held-out subject (each driven by the next subject's video of the same rank).")
 @click.option("--steps", nargs=2, type=click.IntRange(min=0), default=(100, 100), show_default=True,
               help="Inversion steps: W then W+.")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Inversion learning rate.")
@@ -182,8 +192,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
               help="The inversion's identity term: 'synthheads', an ArcFace ResNet-18 file, or 'none'.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
-def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, steps: tuple[int, int],
-             lr: float, identity_encoder: str, json_out: str | None, threads: int | None) -> None:
+def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, videos_per_subject: int,
+             steps: tuple[int, int], lr: float, identity_encoder: str, json_out: str | None, threads: int | None) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
     from otavatar.inversion import InversionConfig
     from otavatar.training.evaluate import evaluate_reenactment
@@ -205,7 +215,7 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     from otavatar.training.evaluate import default_pairs
 
     truth = Path(data_dir) / "truth.npz"
-    chosen = default_pairs(np.load(truth, allow_pickle=False))
+    chosen = default_pairs(np.load(truth, allow_pickle=False), videos_per_subject)
     chosen = chosen if pairs is None else chosen[:pairs]
     report = evaluate_reenactment(models.generator, models.controller if mode == "controller" else None,
                                   truth_npz=str(truth), pairs=chosen, frames=frames, mode=mode,

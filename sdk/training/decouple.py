@@ -16,6 +16,13 @@ steps reach an identity from w_avg; the ~8 a CPU run affords do not (the inverte
 hair), so the controller learnt from frames whose identity was wrong. On SynthHeads the auto-decoded prior already
 holds that inversion: every training frame's code (`prior.prior_identity_codes` averages them per video).
 
+`persistent_codes=True` keeps a bank of every video's last inverted code: when a video comes back, its inversion
+continues from there (a video with no banked code starts at `init_codes`, else w_avg). The published 90 code steps per
+iteration converge from w_avg; on a CPU (~7 steps per iteration) a video drawn k times has had ~7k steps, so after a
+few epochs the controller trains on residuals of converged codes -- the premise of decoupling -- instead of on
+identity errors that it would otherwise learn to explain. The bank is saved with the run (`code_bank.<video>`);
+under torchrun every process keeps its own.
+
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
 synchronised: spec 3.6). Codes and intrinsics are per sample and stay local.
@@ -41,6 +48,7 @@ from otavatar.training.run import RunDir, image_grid, to_uint8
 __all__ = ["DecoupleConfig", "DecoupleResult", "PairSampler", "train_controller", "SCHEDULES"]
 
 SCHEDULES = ("successive", "joint")
+_BANK = "code_bank."          # extra.safetensors prefix of the persistent codes
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class DecoupleConfig:
     sr_steps: int = 10                 # last inversion steps that also super-resolve (spec sr_iters: 10)
     schedule: str = "successive"       # or "joint" (ablation: code and controller stepped together)
     refine: bool = True                # step (b)
+    persistent_codes: bool = False     # a video's inversion starts where its previous one ended (module docstring)
     finetune_generator: bool = True    # step (b) also updates the generator
     lr_code: float = 0.01
     lr_intrinsics: float = 0.01
@@ -199,11 +208,12 @@ def _ema_update(ema: torch.nn.Module, current: torch.nn.Module, decay: float) ->
 def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_dir: str | os.PathLike,
                      config: DecoupleConfig = DecoupleConfig(), *, resume: bool = False, progress: bool = True,
                      vgg_weights: str | os.PathLike | None = None, identity_encoder: str | None = "synthheads",
-                     init_codes: Mapping[str, Tensor] | None = None,
+                     init_codes: Mapping[str, Tensor] | None = None, fresh_controller: bool = False,
                      on_iteration: Callable[[int, dict], None] | None = None) -> DecoupleResult:
     """Train a controller (and fine-tune the generator) from the generator in `prior` (an otavatar weights file;
-    a controller in it is used as the start, else a fresh one of the matching preset). init_codes: video name ->
-    [w_dim] start of that video's code inversion (module docstring); videos without one start at w_avg."""
+    a controller in it is used as the start unless `fresh_controller`, else a fresh one of the matching preset).
+    init_codes: video name -> [w_dim] start of that video's code inversion (module docstring); videos without one
+    start at w_avg."""
     from otavatar.config import ControllerConfig
     from otavatar.models import MotionController
     from otavatar.weights import load_models
@@ -214,16 +224,18 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         raise ValueError(f"{prior}: holds no generator")
     generator = loaded.generator.train()
     gcfg = generator.config
-    if loaded.controller is not None:
+    if loaded.controller is not None and not fresh_controller:
         controller = loaded.controller.train()
     else:
         torch.manual_seed(config.seed)
         controller = MotionController(ControllerConfig(num_ws=gcfg.num_ws, w_dim=gcfg.w_dim,
                                                        descriptor_channels=min(256, 2 * gcfg.w_dim))).train()
     codes = _check_init_codes(init_codes, gcfg.w_dim)
+    bank: dict[str, Tensor] = {}          # video -> its last inverted code (persistent_codes)
     if rank == 0:
         run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world,
-                               "init_codes": len(codes) if codes else None}, resume=resume)
+                               "init_codes": len(codes) if codes else None,
+                               "fresh_controller": fresh_controller}, resume=resume)
     opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
                               weight_decay=config.controller_weight_decay)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
@@ -235,6 +247,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         controller.load_state_dict(models.controller.state_dict())
         for prefix, module in (("ema_generator.", ema_g), ("ema_controller.", ema_c)):
             module.load_state_dict({k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)})
+        bank = {k[len(_BANK):]: v for k, v in extra.items() if k.startswith(_BANK)}
         start, seconds = state["step"], state["seconds"]
     if world > 1:
         import torch.distributed as dist
@@ -261,8 +274,10 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     try:
         for it in range(start, config.iterations):
             batch = sampler.sample(config.batch, rng)
-            values, preview = _iteration(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng,
-                                         codes)
+            values, preview, final = _iteration(generator, controller, losses, batch, config, opt_c, opt_g,
+                                                dens_rng, {**codes, **bank})
+            if config.persistent_codes:
+                bank.update(zip(batch.videos, final))
             _ema_update(ema_g, generator, config.ema)
             _ema_update(ema_c, controller, config.ema)
             last = values["refine"] if config.refine else values["inversion"]
@@ -287,7 +302,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                 if done % config.preview_every == 0:
                     run.preview(done, image_grid([to_uint8(batch.images[:, 0]), to_uint8(preview)]))
                 if done % config.checkpoint_every == 0 or done == config.iterations or out_of_time:
-                    _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c)
+                    _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c,
+                          bank)
             if out_of_time:
                 break
     finally:
@@ -298,9 +314,10 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                           final_loss=last, run_dir=Path(out_dir))
 
 
-def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c) -> None:
+def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c, bank: Mapping[str, Tensor]) -> None:
     extra = {f"ema_generator.{k}": v for k, v in ema_g.state_dict().items()}
     extra.update({f"ema_controller.{k}": v for k, v in ema_c.state_dict().items()})
+    extra.update({f"{_BANK}{video}": code for video, code in bank.items()})
     run.save(step=step, seconds=seconds, models={"generator": generator, "controller": controller}, extra=extra,
              optimizers={"generator": opt_g, "controller": opt_c}, info={"kind": "decouple"})
     from otavatar.weights import save_models
@@ -321,7 +338,8 @@ def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int) -> di
 
 def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, config: DecoupleConfig,
                opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None
-               ) -> tuple[dict[str, float], Tensor]:
+               ) -> tuple[dict[str, float], Tensor, Tensor]:
+    """One iteration -> (logged values, preview images [B,3,R,R], the inverted codes [B,w_dim])."""
     cfg = generator.config
     b = batch.images.shape[0]
     images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video
@@ -394,4 +412,4 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             values.update({f"{k}_f{f}": v for k, v in rec.terms.items()})
         values["refine"] = total / 2
     generator.requires_grad_(True)
-    return values, preview.detach()
+    return values, preview.detach(), code[:, 0].clone()

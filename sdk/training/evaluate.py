@@ -108,17 +108,27 @@ class ReenactmentReport:
         return "\n".join([head, *rows])
 
 
-def default_pairs(truth: Any) -> list[tuple[str, str]]:
-    """Each TEST subject's first video as source, driven by the NEXT test subject's first video (cyclically;
-    a lone test subject drives itself)."""
-    firsts: dict[int, str] = {}
+def default_pairs(truth: Any, videos_per_subject: int = 1) -> list[tuple[str, str]]:
+    """Each TEST subject's first `videos_per_subject` videos as sources, video k driven by the NEXT test subject's
+    video k (cyclically; that subject's last video when it has fewer; a lone test subject drives itself). The
+    default of 1 is the protocol of the tables in docs/training.md; 2 on SynthHeads doubles the pairs."""
+    if isinstance(videos_per_subject, bool) or not isinstance(videos_per_subject, (int, np.integer)) \
+            or videos_per_subject < 1:
+        raise ValueError(f"videos_per_subject must be an int >= 1, got {videos_per_subject!r}")
+    by_subject: dict[int, list[str]] = {}
     for name, subj, split in zip(truth["videos"], truth["subject"], truth["split"]):
-        if str(split) == "test" and int(subj) not in firsts:
-            firsts[int(subj)] = str(name)
-    order = [firsts[s] for s in sorted(firsts)]
+        if str(split) == "test":
+            by_subject.setdefault(int(subj), []).append(str(name))
+    order = [by_subject[s] for s in sorted(by_subject)]
     if not order:
         raise ValueError("truth.npz has no test videos")
-    return [(order[i], order[(i + 1) % len(order)]) for i in range(len(order))]
+    pairs = []
+    for k in range(videos_per_subject):
+        for i, videos in enumerate(order):
+            if k < len(videos):
+                drivers = order[(i + 1) % len(order)]
+                pairs.append((videos[k], drivers[min(k, len(drivers) - 1)]))
+    return pairs
 
 
 def _lmdb_root(truth_npz: Path, lmdb_dir: str | os.PathLike | None) -> Path:

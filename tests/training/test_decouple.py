@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,6 +108,71 @@ def test_init_codes_start_the_inversion_of_their_video(micro_dataset, random_pri
     torch.testing.assert_close(seen[0], expected)
     with pytest.raises(ValueError, match="finite"):
         _check_init_codes({"v": torch.zeros(3)}, w_dim)
+
+
+def _spy_iterations(monkeypatch):
+    """Record, per `_iteration` call, the start codes it was given, its returned codes and the controller's
+    parameters before the call."""
+    import otavatar.training.decouple as D
+
+    calls = []
+    original = D._iteration
+
+    def spy(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes=None):
+        before = torch.cat([p.detach().flatten().clone() for p in controller.parameters()])
+        out = original(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes)
+        calls.append({"videos": list(batch.videos), "starts": {k: v.clone() for k, v in (init_codes or {}).items()},
+                      "final": out[2].clone(), "controller": before})
+        return out
+
+    monkeypatch.setattr(D, "_iteration", spy)
+    return calls
+
+
+def test_persistent_codes_continue_each_videos_inversion_and_survive_resume(micro_dataset, random_prior,
+                                                                              tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    calls = _spy_iterations(monkeypatch)
+    run = tmp_path / "run"
+    cfg = _config(iterations=2, batch=2, persistent_codes=True)     # 2 train subjects: both videos every time
+    train_controller(micro_dataset, random_prior, run, cfg, progress=False, identity_encoder=None)
+    first, second = calls
+    assert first["starts"] == {}                                   # nothing banked yet: w_avg
+    for i, video in enumerate(first["videos"]):
+        torch.testing.assert_close(second["starts"][video], first["final"][i], atol=0, rtol=0)
+    bank = {k: v for k, v in load_file(str(run / "extra.safetensors")).items() if k.startswith("code_bank.")}
+    assert set(bank) == {f"code_bank.{v}" for v in second["videos"]}
+    train_controller(micro_dataset, random_prior, run, replace(cfg, iterations=3), progress=False,
+                     identity_encoder=None, resume=True)
+    third = calls[2]
+    for i, video in enumerate(second["videos"]):
+        torch.testing.assert_close(third["starts"][video], second["final"][i], atol=0, rtol=0)
+
+
+def test_without_persistent_codes_every_inversion_restarts(micro_dataset, random_prior, tmp_path, monkeypatch):
+    calls = _spy_iterations(monkeypatch)
+    train_controller(micro_dataset, random_prior, tmp_path / "run", _config(iterations=2, batch=2), progress=False,
+                     identity_encoder=None)
+    assert [c["starts"] for c in calls] == [{}, {}]
+
+
+def test_fresh_controller_ignores_the_prior_files_controller(micro_dataset, random_prior, tmp_path, monkeypatch):
+    from otavatar.weights import save_models
+
+    generator = load_models(random_prior).generator
+    trained = _fresh_controller(generator)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(0.5)                                            # not what a fresh controller holds
+    both = tmp_path / "both.safetensors"
+    save_models(both, generator=generator, controller=trained)
+    calls = _spy_iterations(monkeypatch)
+    for fresh, expected in ((False, trained), (True, _fresh_controller(generator))):
+        train_controller(micro_dataset, both, tmp_path / f"run{fresh}", _config(), progress=False,
+                         identity_encoder=None, fresh_controller=fresh)
+        torch.testing.assert_close(calls[-1]["controller"],
+                                   torch.cat([p.detach().flatten() for p in expected.parameters()]))
 
 
 def test_config_validation():

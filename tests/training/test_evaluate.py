@@ -76,6 +76,10 @@ def test_default_pairs_cycle_through_test_subjects(micro):
     fake = {"videos": np.array(["a#0", "a#1", "b#0", "c#0"]), "subject": np.array([0, 0, 1, 2]),
             "split": np.array(["test", "test", "train", "test"])}
     assert default_pairs(fake) == [("a#0", "c#0"), ("c#0", "a#0")]
+    # video k drives with the next subject's video k, or its last when it has fewer
+    assert default_pairs(fake, 2) == [("a#0", "c#0"), ("c#0", "a#0"), ("a#1", "c#0")]
+    with pytest.raises(ValueError, match="videos_per_subject"):
+        default_pairs(fake, 0)
 
 
 def test_perfect_renderer_hits_the_probe_floor(micro, generator, probe):
