@@ -1,6 +1,8 @@
 """`otavatar train ...`: commands exist, user errors are one-line messages, a micro run goes end to end."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from click.testing import CliRunner
 
@@ -48,9 +50,11 @@ def test_micro_prior_run(micro_dataset, tmp_path):
             "--identity-encoder", "none", "--init-codes", str(tmp_path / "run")]
     result = _run(*args)
     assert result.exit_code != 0 and "--init-codes and --multiview go together" in result.output
-    result = _run(*args, "--multiview", str(mv))
+    result = _run(*args, "--multiview", str(mv), "--persistent-codes", "--fresh-controller")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ctrl" / "ema.safetensors").is_file()
+    recorded = json.loads((tmp_path / "ctrl" / "config.json").read_text())
+    assert recorded["decouple"]["persistent_codes"] is True and recorded["fresh_controller"] is True
 
 
 def test_package_writes_a_default_model_with_provenance(tmp_path):
