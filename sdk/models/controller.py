@@ -123,6 +123,24 @@ class MotionController(nn.Module):
         """x [B,70,27] -> motion [B,num_ws,w_dim]."""
         return self.forward_details(x, basis=basis).motion
 
+    def neutral_window(self) -> Tensor:
+        """The all-zero window [1,70,27]: neutral expression, frontal pose, no translation, in every frame."""
+        p = next(self.parameters())
+        return torch.zeros(1, self.config.coeff_dim, self.config.window, dtype=p.dtype, device=p.device)
+
+    @torch.no_grad()
+    def pin_neutral_(self) -> "MotionController":
+        """Shift the head's output bias so that the motion of the neutral window is exactly 0 (in place).
+
+        The head is affine in that bias, so every difference motion(x) - motion(x') is unchanged: only a per-layer
+        constant offset goes, which an inversion folds into the identity code (ws = w_id + motion). Training pins
+        it (DecoupleConfig.pin_neutral) because that constant is redundant with the identity code and otherwise
+        drifts. Keys, shapes and export are unchanged.
+        """
+        head = self.forward_details(self.neutral_window()).head[0]               # [(num_ws+1)*K]
+        self._out.bias.sub_(head)
+        return self
+
     def load_official_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load an official `net_Warp_ema` state dict strictly (a `module.` prefix is removed).
 

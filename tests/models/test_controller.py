@@ -70,3 +70,19 @@ def test_input_shape_is_validated(shape):
 def test_config_rejects_short_window():
     with pytest.raises(ValueError, match="too short"):
         ControllerConfig(window=13)
+
+
+def test_pin_neutral_zeroes_the_neutral_motion_and_keeps_every_difference():
+    torch.manual_seed(0)
+    controller = MotionController.tiny()
+    with torch.no_grad():
+        for p in controller.parameters():
+            p.normal_(std=0.1)                       # a trained-looking controller with a large constant part
+    x = torch.randn(3, 70, 27)
+    neutral = controller.neutral_window()
+    assert neutral.shape == (1, 70, 27) and not neutral.any()
+    before = controller(x) - controller(neutral)
+    assert controller(neutral).abs().max() > 0.1
+    assert controller.pin_neutral_() is controller
+    torch.testing.assert_close(controller(neutral), torch.zeros_like(controller(neutral)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(controller(x), before, atol=1e-5, rtol=0)

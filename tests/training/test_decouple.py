@@ -175,6 +175,18 @@ def test_fresh_controller_ignores_the_prior_files_controller(micro_dataset, rand
                                    torch.cat([p.detach().flatten() for p in expected.parameters()]))
 
 
+def test_pin_neutral_keeps_the_neutral_motion_at_zero(micro_dataset, random_prior, tmp_path):
+    cfg = _config(iterations=2, controller_steps=1, pin_neutral=True)
+    train_controller(micro_dataset, random_prior, tmp_path / "run", cfg, progress=False, identity_encoder=None)
+    for name in ("checkpoint.safetensors", "ema.safetensors"):
+        controller = load_models(tmp_path / "run" / name).controller
+        with torch.no_grad():
+            neutral = controller(controller.neutral_window())
+        assert neutral.abs().max() < 1e-6, name
+        with torch.no_grad():
+            assert controller(torch.randn(2, 70, 27)).abs().max() > 0          # trained, not zeroed
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="schedule"):
         DecoupleConfig(schedule="alternate")
