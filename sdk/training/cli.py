@@ -122,6 +122,9 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--persistent-codes", is_flag=True,
               help="Each video's inversion continues from its previous one (a code bank kept with the run) "
                    "instead of restarting: short CPU inversions add up to converged identity codes.")
+@click.option("--warmup-code-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --persistent-codes: first invert every training video's code for this many steps "
+                   "(controller frozen) so the controller trains on converged codes from the first iteration.")
 @click.option("--pin-neutral-motion", "pin_neutral", is_flag=True,
               help="Keep the controller's motion for the neutral window at exactly 0 (the identity code owns the "
                    "constant offset, which otherwise drifts; see otavatar.training.decouple).")
@@ -135,8 +138,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
-               pin_neutral: bool, fresh_controller: bool, max_minutes: float | None, seed: int, resume: bool,
-               threads: int | None) -> None:
+               warmup_code_steps: int, pin_neutral: bool, fresh_controller: bool, max_minutes: float | None,
+               seed: int, resume: bool, threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
@@ -154,7 +157,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                 controller_steps=controller_steps, sr_steps=sr_steps, schedule=schedule,
                                 lr_code=lr_code, sr_perceptual_size=sr_perceptual_size,
                                 density_points=density_points, persistent_codes=persistent_codes,
-                                pin_neutral=pin_neutral,
+                                pin_neutral=pin_neutral, warmup_code_steps=warmup_code_steps,
                                 max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder
         init_codes = None

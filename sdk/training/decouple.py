@@ -30,6 +30,13 @@ with persistent codes it grew to norm 3.7 in 100 successive iterations (2.4 join
 (1.8), and every banked code fitted against an older constant went stale. Pinned, the code owns the identity and
 the controller only the motion's deviation from neutral; differences of motions are unaffected.
 
+`warmup_code_steps=N` (with persistent codes) first inverts every training video's code for N steps with the
+controller frozen (low-res losses, 2 frames per video, `2 x batch` videos at a time) and banks it: the published
+inversion's premise -- the code explains the identity before the controller trains on the residual -- then holds
+from the first iteration. Without it the successive schedule's controller steps (code frozen, not converged)
+absorbed identity error: in a CPU run its motion varied more across videos than the codes did (std 1.55 vs spread
+1.65 after 50 iterations, joint 1.04) and its training loss rose, so the banked codes went stale ever faster.
+
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
 synchronised: spec 3.6). Codes and intrinsics are per sample and stay local.
@@ -69,6 +76,7 @@ class DecoupleConfig:
     refine: bool = True                # step (b)
     persistent_codes: bool = False     # a video's inversion starts where its previous one ended (module docstring)
     pin_neutral: bool = False          # keep motion(neutral window) = 0 after every controller step (docstring)
+    warmup_code_steps: int = 0         # with persistent_codes: invert every video this long first (docstring)
     finetune_generator: bool = True    # step (b) also updates the generator
     lr_code: float = 0.01
     lr_intrinsics: float = 0.01
@@ -99,6 +107,10 @@ class DecoupleConfig:
                              f"got {self.controller_steps}")
         if not 0 <= self.sr_steps <= self.inversion_steps:
             raise ValueError(f"sr_steps must be in [0, {self.inversion_steps}], got {self.sr_steps}")
+        if self.warmup_code_steps < 0:
+            raise ValueError(f"warmup_code_steps must be >= 0, got {self.warmup_code_steps}")
+        if self.warmup_code_steps and not self.persistent_codes:
+            raise ValueError("warmup_code_steps banks a code per video: it needs persistent_codes=True")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if isinstance(self.weights, dict):
@@ -155,25 +167,41 @@ class PairSampler:
     def close(self) -> None:
         self.data.close()
 
+    @property
+    def videos(self) -> list[str]:
+        """Every video of the split, in a fixed order."""
+        return [v for p in self.persons for v in self.by_person[p]]
+
     def sample(self, batch: int, rng: np.random.Generator) -> Batch:
         persons = rng.choice(len(self.persons), batch, replace=batch > len(self.persons))
-        out: dict[str, list] = {"images": [], "windows": [], "cameras": [], "landmarks": [], "videos": []}
+        items = []
         for p in persons:
             options = self.by_person[self.persons[p]]
-            video = options[rng.integers(len(options))]
-            out["videos"].append(video)
-            win, cams, prob = self._cache[video]
-            frames = rng.choice(len(prob), 2, replace=False, p=prob)
-            imgs = np.stack([self.data.frame(video, int(f)) for f in frames])
-            res = imgs.shape[1]
-            out["images"].append(imgs)
-            out["windows"].append(win[frames])
-            out["cameras"].append(cams[frames])
-            out["landmarks"].append(self.data.keypoints(video, resolution=res)[frames])
-        images = torch.from_numpy(np.stack(out["images"])).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-        return Batch(images=images, windows=torch.from_numpy(np.stack(out["windows"])),
-                     cameras=torch.from_numpy(np.stack(out["cameras"])).float(),
-                     landmarks=torch.from_numpy(np.stack(out["landmarks"])).float(), videos=out["videos"])
+            items.append(self._item(options[rng.integers(len(options))], rng))
+        return self._collate(items)
+
+    def sample_videos(self, videos: list[str], rng: np.random.Generator) -> Batch:
+        """2 frames (drawn as in `sample`) of each of the given videos."""
+        unknown = [v for v in videos if v not in self._cache]
+        if unknown:
+            raise ValueError(f"videos not in this split: {unknown[:3]}")
+        return self._collate([self._item(v, rng) for v in videos])
+
+    def _item(self, video: str, rng: np.random.Generator) -> dict:
+        win, cams, prob = self._cache[video]
+        frames = rng.choice(len(prob), 2, replace=False, p=prob)
+        imgs = np.stack([self.data.frame(video, int(f)) for f in frames])
+        return {"video": video, "images": imgs, "windows": win[frames], "cameras": cams[frames],
+                "landmarks": self.data.keypoints(video, resolution=imgs.shape[1])[frames]}
+
+    @staticmethod
+    def _collate(items: list[dict]) -> Batch:
+        def stack(key):
+            return torch.from_numpy(np.stack([item[key] for item in items]))
+
+        return Batch(images=stack("images").permute(0, 1, 4, 2, 3).float() / 127.5 - 1, windows=stack("windows"),
+                     cameras=stack("cameras").float(), landmarks=stack("landmarks").float(),
+                     videos=[item["video"] for item in items])
 
 
 def _world() -> tuple[int, int]:
@@ -280,6 +308,12 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     done = start
     sampler = PairSampler(data_dir, window=controller.config.window)   # opened last: closed in `finally`
     try:
+        if config.warmup_code_steps and start == 0 and not bank:
+            warm_rng = np.random.default_rng([config.seed, rank, 1])     # leaves the iterations' draws as they were
+            bank, warm_loss = _warm_up_codes(generator, controller, losses, sampler, config, opt_c, opt_g, dens_rng,
+                                             codes, warm_rng, progress=progress and rank == 0)
+            if rank == 0:
+                run.log(0, {"warmup": warm_loss})
         for it in range(start, config.iterations):
             batch = sampler.sample(config.batch, rng)
             values, preview, final = _iteration(generator, controller, losses, batch, config, opt_c, opt_g,
@@ -334,6 +368,38 @@ def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c,
 
     save_models(run.path / "ema.safetensors", generator=ema_g, controller=ema_c,
                 metadata={"step": step, "kind": "decouple-ema"})
+
+
+def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: DecoupleConfig, opt_c, opt_g,
+                   dens_rng, init_codes: Mapping[str, Tensor], rng: np.random.Generator, *, progress: bool
+                   ) -> tuple[dict[str, Tensor], float]:
+    """Invert every video's code for config.warmup_code_steps steps, controller and generator frozen (an
+    `_iteration` with only code steps and no refine) -> (video -> code, mean final loss)."""
+    from dataclasses import replace
+
+    code_only = replace(config, inversion_steps=config.warmup_code_steps, controller_steps=0, sr_steps=0,
+                        schedule="successive", refine=False)
+    videos = sampler.videos
+    size = 2 * config.batch
+    bank: dict[str, Tensor] = {}
+    finals = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(videos), unit="video", desc="code warm-up", dynamic_ncols=True)
+    for i in range(0, len(videos), size):
+        batch = sampler.sample_videos(videos[i:i + size], rng)
+        values, _, final = _iteration(generator, controller, losses, batch, code_only, opt_c, opt_g, dens_rng,
+                                      init_codes)
+        bank.update(zip(batch.videos, final))
+        finals.append(values["inversion"])
+        if bar is not None:
+            bar.update(len(batch.videos))
+            bar.set_postfix(loss=f"{finals[-1]:.4f}")
+    if bar is not None:
+        bar.close()
+    return bank, float(np.mean(finals))
 
 
 def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int) -> dict[str, Tensor]:

@@ -122,7 +122,7 @@ def _spy_iterations(monkeypatch):
         before = torch.cat([p.detach().flatten().clone() for p in controller.parameters()])
         out = original(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes)
         calls.append({"videos": list(batch.videos), "starts": {k: v.clone() for k, v in (init_codes or {}).items()},
-                      "final": out[2].clone(), "controller": before})
+                      "final": out[2].clone(), "controller": before, "config": config})
         return out
 
     monkeypatch.setattr(D, "_iteration", spy)
@@ -173,6 +173,41 @@ def test_fresh_controller_ignores_the_prior_files_controller(micro_dataset, rand
                          identity_encoder=None, fresh_controller=fresh)
         torch.testing.assert_close(calls[-1]["controller"],
                                    torch.cat([p.detach().flatten() for p in expected.parameters()]))
+
+
+def test_sampler_draws_given_videos_and_names_unknown_ones(micro_dataset):
+    from otavatar.training.decouple import PairSampler
+
+    sampler = PairSampler(micro_dataset)
+    try:
+        assert sampler.videos == ["synth0000#00", "synth0001#00"]
+        batch = sampler.sample_videos(["synth0001#00"], np.random.default_rng(0))
+        assert batch.videos == ["synth0001#00"] and batch.images.shape[:2] == (1, 2)
+        assert batch.windows.shape == (1, 2, 70, 27) and batch.cameras.shape == (1, 2, 25)
+        with pytest.raises(ValueError, match="not in this split.*synth0002#00"):
+            sampler.sample_videos(["synth0002#00"], np.random.default_rng(0))      # the test split's video
+    finally:
+        sampler.close()
+
+
+def test_code_warm_up_banks_every_video_before_the_first_iteration(micro_dataset, random_prior, tmp_path,
+                                                                    monkeypatch):
+    calls = _spy_iterations(monkeypatch)
+    run = tmp_path / "run"
+    cfg = _config(persistent_codes=True, warmup_code_steps=2)
+    train_controller(micro_dataset, random_prior, run, cfg, progress=False, identity_encoder=None)
+    *warm, first = calls
+    assert sorted(v for c in warm for v in c["videos"]) == ["synth0000#00", "synth0001#00"]   # every train video
+    for c in warm:                       # code steps only: controller frozen, no refine
+        assert (c["config"].inversion_steps, c["config"].controller_steps, c["config"].refine) == (2, 0, False)
+        torch.testing.assert_close(c["controller"], warm[0]["controller"], atol=0, rtol=0)
+    banked = {v: c["final"][i] for c in warm for i, v in enumerate(c["videos"])}
+    (video,) = first["videos"]
+    torch.testing.assert_close(first["starts"][video], banked[video], atol=0, rtol=0)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "warmup" in rows[0]
+    with pytest.raises(ValueError, match="persistent_codes"):
+        DecoupleConfig(warmup_code_steps=3)
 
 
 def test_pin_neutral_keeps_the_neutral_motion_at_zero(micro_dataset, random_prior, tmp_path):
