@@ -108,6 +108,8 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
               help="N_mo: the last inversion steps that train the controller.")
 @click.option("--sr-steps", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--lr-code", type=float, default=0.01, show_default=True)
+@click.option("--lr-controller", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="AdamW lr of the controller (published 1e-3 at 32 videos per step; see docs/training.md).")
 @click.option("--sr-perceptual-size", type=click.IntRange(min=16), default=None,
               help="Downsample the super-resolved image to this size for its perceptual term (CPU speed).")
 @click.option("--density-points", type=click.IntRange(min=1), default=2000, show_default=True)
@@ -125,6 +127,8 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--warmup-code-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --persistent-codes: first invert every training video's code for this many steps "
                    "(controller frozen) so the controller trains on converged codes from the first iteration.")
+@click.option("--ws-clamp", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Clamp every rendered ws to w_avg +- this, as published (spec 2.5); 0 turns it off.")
 @click.option("--pin-neutral-motion", "pin_neutral", is_flag=True,
               help="Keep the controller's motion for the neutral window at exactly 0 (the identity code owns the "
                    "constant offset, which otherwise drifts; see otavatar.training.decouple).")
@@ -135,10 +139,10 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--resume", is_flag=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads per process.")
 def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iterations: int, batch: int,
-               inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float,
+               inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float, lr_controller: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
-               warmup_code_steps: int, pin_neutral: bool, fresh_controller: bool, max_minutes: float | None,
+               warmup_code_steps: int, ws_clamp: float, pin_neutral: bool, fresh_controller: bool, max_minutes: float | None,
                seed: int, resume: bool, threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
@@ -155,9 +159,10 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
     try:
         config = DecoupleConfig(iterations=iterations, batch=batch, inversion_steps=inversion_steps,
                                 controller_steps=controller_steps, sr_steps=sr_steps, schedule=schedule,
-                                lr_code=lr_code, sr_perceptual_size=sr_perceptual_size,
+                                lr_code=lr_code, lr_controller=lr_controller, sr_perceptual_size=sr_perceptual_size,
                                 density_points=density_points, persistent_codes=persistent_codes,
                                 pin_neutral=pin_neutral, warmup_code_steps=warmup_code_steps,
+                                clamp=ws_clamp or None,
                                 max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder
         init_codes = None

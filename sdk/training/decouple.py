@@ -77,6 +77,7 @@ class DecoupleConfig:
     persistent_codes: bool = False     # a video's inversion starts where its previous one ended (module docstring)
     pin_neutral: bool = False          # keep motion(neutral window) = 0 after every controller step (docstring)
     warmup_code_steps: int = 0         # with persistent_codes: invert every video this long first (docstring)
+    clamp: float | None = 5.0          # spec 2.5: every rendered ws is clamped to w_avg +- clamp (None: off)
     finetune_generator: bool = True    # step (b) also updates the generator
     lr_code: float = 0.01
     lr_intrinsics: float = 0.01
@@ -107,6 +108,8 @@ class DecoupleConfig:
                              f"got {self.controller_steps}")
         if not 0 <= self.sr_steps <= self.inversion_steps:
             raise ValueError(f"sr_steps must be in [0, {self.inversion_steps}], got {self.sr_steps}")
+        if self.clamp is not None and not self.clamp > 0:
+            raise ValueError(f"clamp must be > 0 or None, got {self.clamp}")
         if self.warmup_code_steps < 0:
             raise ValueError(f"warmup_code_steps must be >= 0, got {self.warmup_code_steps}")
         if self.warmup_code_steps and not self.persistent_codes:
@@ -370,6 +373,15 @@ def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c,
                 metadata={"step": step, "kind": "decouple-ema"})
 
 
+def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
+    """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5). Rounds
+    1-6 of docs/training.md ran before this existed; in one of them a burst of controller steps took the largest
+    rendered |ws| row from 10 to 382 within one iteration and the generator was then fine-tuned on that render."""
+    if clamp is None:
+        return ws
+    return torch.maximum(torch.minimum(ws, w_avg + clamp), w_avg - clamp)
+
+
 def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: DecoupleConfig, opt_c, opt_g,
                    dens_rng, init_codes: Mapping[str, Tensor], rng: np.random.Generator, *, progress: bool
                    ) -> tuple[dict[str, Tensor], float]:
@@ -440,7 +452,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         sr = i >= config.inversion_steps - config.sr_steps
         with torch.set_grad_enabled(train_controller_now):
             motion = controller(windows)                                       # [2B,num_ws,w_dim]
-        ws = code.repeat_interleave(2, dim=0).expand(-1, cfg.num_ws, -1) + motion
+        ws = _clamp(code.repeat_interleave(2, dim=0).expand(-1, cfg.num_ws, -1) + motion, w_avg, config.clamp)
         cam = apply_intrinsics(cameras, correction.value.repeat_interleave(2, dim=0))   # [2B,25]
         rec = losses(generator, ws, cam, images, landmarks, super_resolve=sr)
         dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
@@ -469,7 +481,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         for f in range(2):
             sel = torch.arange(b) * 2 + f
             motion = controller(windows[sel])
-            ws = code.expand(-1, cfg.num_ws, -1) + motion
+            ws = _clamp(code.expand(-1, cfg.num_ws, -1) + motion, w_avg, config.clamp)
             cam = correction(cameras[sel]).detach()
             rec = losses(generator, ws, cam, images[sel], landmarks[sel], super_resolve=True)
             dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)

@@ -222,11 +222,43 @@ def test_pin_neutral_keeps_the_neutral_motion_at_zero(micro_dataset, random_prio
             assert controller(torch.randn(2, 70, 27)).abs().max() > 0          # trained, not zeroed
 
 
+@pytest.mark.parametrize("clamp", [5.0, None])
+def test_rendered_ws_are_clamped_around_w_avg(micro_dataset, random_prior, clamp):
+    """Spec 2.5: the trainer renders clamp(w + motion, w_avg - 5, w_avg + 5); clamp=None renders them as they are."""
+    from otavatar.training.decouple import PairSampler, _iteration
+
+    models = load_models(random_prior)
+    generator, controller = models.generator, _fresh_controller(models.generator)
+    with torch.no_grad():
+        controller.mapping_Refine["10"].bias.fill_(50.0)          # an exploded controller: |motion| >> 5
+    sampler = PairSampler(micro_dataset)
+    try:
+        batch = sampler.sample(1, np.random.default_rng(0))
+    finally:
+        sampler.close()
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def losses(generator, ws, *args, **kw):
+        seen.append(ws.detach())
+        raise Stop
+
+    opt = torch.optim.SGD(controller.parameters(), lr=0.0)
+    with pytest.raises(Stop):
+        _iteration(generator, controller, losses, batch, _config(clamp=clamp), opt, opt, torch.Generator())
+    offset = (seen[0] - generator.w_avg).abs().max()
+    assert offset <= 5.0 + 1e-5 if clamp else offset > 50
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="schedule"):
         DecoupleConfig(schedule="alternate")
     with pytest.raises(ValueError, match="controller_steps"):
         DecoupleConfig(inversion_steps=5, controller_steps=6)
+    with pytest.raises(ValueError, match="clamp"):
+        DecoupleConfig(clamp=0.0)
     assert DecoupleConfig().identity_steps == 90          # spec 3.4: 90 + 10 of 100
 
 
