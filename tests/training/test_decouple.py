@@ -74,21 +74,10 @@ def test_schedules_decide_who_learns_during_inversion(micro_dataset, random_prio
     assert (not torch.equal(start, trained)) is changes
 
 
-def test_init_codes_start_the_inversion_of_their_video(micro_dataset, random_prior):
-    """With no code step (successive, every inversion step trains the controller) the rendered ws are exactly
-    init code + motion for a video that has one, and w_avg + motion for one that does not."""
-    from otavatar.training.decouple import PairSampler, _check_init_codes, _iteration
+def _first_rendered_ws(generator, controller, batch, cfg, codes=None):
+    """The ws that `_iteration` hands to its first loss call (the iteration is stopped there)."""
+    from otavatar.training.decouple import _iteration
 
-    models = load_models(random_prior)
-    generator, controller = models.generator, _fresh_controller(models.generator)
-    sampler = PairSampler(micro_dataset)
-    try:
-        batch = sampler.sample(2, np.random.default_rng(0))
-    finally:
-        sampler.close()
-    w_dim = generator.config.w_dim
-    start = torch.randn(w_dim)
-    codes = _check_init_codes({batch.videos[0]: start}, w_dim)
     seen = []
 
     class Stop(Exception):
@@ -98,14 +87,39 @@ def test_init_codes_start_the_inversion_of_their_video(micro_dataset, random_pri
         seen.append(ws.detach())
         raise Stop
 
-    cfg = _config(inversion_steps=1, controller_steps=1, sr_steps=0)
     opt = torch.optim.SGD(controller.parameters(), lr=0.0)
     with pytest.raises(Stop):
         _iteration(generator, controller, losses, batch, cfg, opt, opt, torch.Generator(), codes)
+    return seen[0]
+
+
+def _micro_batch(micro_dataset, size):
+    from otavatar.training.decouple import PairSampler
+
+    sampler = PairSampler(micro_dataset)
+    try:
+        return sampler.sample(size, np.random.default_rng(0))
+    finally:
+        sampler.close()
+
+
+def test_init_codes_start_the_inversion_of_their_video(micro_dataset, random_prior):
+    """With no code step (successive, every inversion step trains the controller) the rendered ws are exactly
+    init code + motion for a video that has one, and w_avg + motion for one that does not."""
+    from otavatar.training.decouple import _check_init_codes
+
+    models = load_models(random_prior)
+    generator, controller = models.generator, _fresh_controller(models.generator)
+    batch = _micro_batch(micro_dataset, 2)
+    w_dim = generator.config.w_dim
+    start = torch.randn(w_dim)
+    codes = _check_init_codes({batch.videos[0]: start}, w_dim)
+    cfg = _config(inversion_steps=1, controller_steps=1, sr_steps=0)
+    ws = _first_rendered_ws(generator, controller, batch, cfg, codes)
     with torch.no_grad():
         motion = controller(batch.windows.flatten(0, 1))
     expected = torch.stack([start, start, generator.w_avg, generator.w_avg])[:, None] + motion
-    torch.testing.assert_close(seen[0], expected)
+    torch.testing.assert_close(ws, expected)
     with pytest.raises(ValueError, match="finite"):
         _check_init_codes({"v": torch.zeros(3)}, w_dim)
 
@@ -225,30 +239,12 @@ def test_pin_neutral_keeps_the_neutral_motion_at_zero(micro_dataset, random_prio
 @pytest.mark.parametrize("clamp", [5.0, None])
 def test_rendered_ws_are_clamped_around_w_avg(micro_dataset, random_prior, clamp):
     """Spec 2.5: the trainer renders clamp(w + motion, w_avg - 5, w_avg + 5); clamp=None renders them as they are."""
-    from otavatar.training.decouple import PairSampler, _iteration
-
     models = load_models(random_prior)
     generator, controller = models.generator, _fresh_controller(models.generator)
     with torch.no_grad():
         controller.mapping_Refine["10"].bias.fill_(50.0)          # an exploded controller: |motion| >> 5
-    sampler = PairSampler(micro_dataset)
-    try:
-        batch = sampler.sample(1, np.random.default_rng(0))
-    finally:
-        sampler.close()
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def losses(generator, ws, *args, **kw):
-        seen.append(ws.detach())
-        raise Stop
-
-    opt = torch.optim.SGD(controller.parameters(), lr=0.0)
-    with pytest.raises(Stop):
-        _iteration(generator, controller, losses, batch, _config(clamp=clamp), opt, opt, torch.Generator())
-    offset = (seen[0] - generator.w_avg).abs().max()
+    ws = _first_rendered_ws(generator, controller, _micro_batch(micro_dataset, 1), _config(clamp=clamp))
+    offset = (ws - generator.w_avg).abs().max()
     assert offset <= 5.0 + 1e-5 if clamp else offset > 50
 
 
