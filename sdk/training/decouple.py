@@ -10,6 +10,7 @@ One iteration per batch of B videos x 2 frames (spec 3.4):
 (b) refine: for each frame, render the detached code + C(window) with both low-res and SR losses plus the
     monotonic and TV density terms, and step the controller (AdamW) and the whole generator (Adam).
 (c) EMA (0.95) of both networks' parameters.
+Every rendered ws is clamped to w_avg +- 5 (`clamp`, spec 2.5).
 
 `init_codes` (name -> [w_dim]) starts a video's inversion at its own code instead of w_avg. The published 90 code
 steps reach an identity from w_avg; the ~8 a CPU run affords do not (the inverted codes kept w_avg's colours and
@@ -20,22 +21,25 @@ holds that inversion: every training frame's code (`prior.prior_identity_codes` 
 continues from there (a video with no banked code starts at `init_codes`, else w_avg). The published 90 code steps per
 iteration converge from w_avg; on a CPU (~7 steps per iteration) a video drawn k times has had ~7k steps, so after a
 few epochs the controller trains on residuals of converged codes -- the premise of decoupling -- instead of on
-identity errors that it would otherwise learn to explain. The bank is saved with the run (`code_bank.<video>`);
-under torchrun every process keeps its own.
+identity errors that it would otherwise learn to explain. In practice a banked code goes partly stale while the
+networks move (round 3 of docs/training.md: a revisit started at twice the pixel error its last visit ended at).
+The bank is saved with the run (`code_bank.<video>`); under torchrun every process keeps its own, and a resumed run
+restores rank 0's.
 
 `pin_neutral=True` re-centres the controller after every step (`MotionController.pin_neutral_`: the motion of the
 all-zero window, neutral expression and frontal pose, is exactly 0; the EMA copy too). A constant offset is
 redundant with the identity code (ws = w_id + motion), so nothing in the published losses holds it: in a CPU run
 with persistent codes it grew to norm 3.7 in 100 successive iterations (2.4 joint), larger than the codes' spread
-(1.8), and every banked code fitted against an older constant went stale. Pinned, the code owns the identity and
-the controller only the motion's deviation from neutral; differences of motions are unaffected.
+(1.8). Pinned, the code owns the identity and the controller only the motion's deviation from neutral; differences
+of motions are unaffected. (Pinning removed the constant, not the rise of the successive loss: round 3.)
 
 `warmup_code_steps=N` (with persistent codes) first inverts every training video's code for N steps with the
 controller frozen (low-res losses, 2 frames per video, `2 x batch` videos at a time) and banks it: the published
 inversion's premise -- the code explains the identity before the controller trains on the residual -- then holds
 from the first iteration. Without it the successive schedule's controller steps (code frozen, not converged)
-absorbed identity error: in a CPU run its motion varied more across videos than the codes did (std 1.55 vs spread
-1.65 after 50 iterations, joint 1.04) and its training loss rose, so the banked codes went stale ever faster.
+absorbed identity error: in a CPU run its motion varied across frames and videos (std 1.55 per layer after 50
+iterations; joint 1.04) about as much as the codes differed from w_avg (1.66), and its training loss rose. With the
+warm-up it still rose (docs/training.md, round 3): warm codes are necessary for the premise, not sufficient here.
 
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
@@ -374,9 +378,11 @@ def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c,
 
 
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
-    """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5). Rounds
-    1-6 of docs/training.md ran before this existed; in one of them a burst of controller steps took the largest
-    rendered |ws| row from 10 to 382 within one iteration and the generator was then fine-tuned on that render."""
+    """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5).
+
+    The runs in docs/training.md predate it. In one, a burst of controller steps took the largest rendered ws row's
+    norm from 10 to 382 within one iteration. Replayed with the clamp, the render was bounded but the explosion
+    went on (a clamped element passes no gradient), so this limits damage; it does not prevent it."""
     if clamp is None:
         return ws
     return torch.maximum(torch.minimum(ws, w_avg + clamp), w_avg - clamp)
