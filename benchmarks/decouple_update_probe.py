@@ -5,7 +5,7 @@ iterations of each schedule variant on batches that avoid a fixed held-in probe 
 each, rendered from their banked codes at low resolution), and print the probe's loss after every iteration. An
 update that generalises lowers it; one that chases its own batch raises it. Used in docs/training.md (round 3).
 
-    python benchmarks/decouple_update_probe.py /work/runs/r5-successive --data /work/data/synth [--lr-controller 1e-3]
+    python benchmarks/decouple_update_probe.py runs/r5-successive --data data/synth --iterations 4 [--lr-controller 1e-3]
 """
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def main() -> None:
         opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
                                   weight_decay=config.controller_weight_decay)
         opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
-        opt_g.load_state_dict(states["generator"])
-        opt_c.load_state_dict(states["controller"])
+        opt_g.load_state_dict(copy.deepcopy(states["generator"]))     # a loaded state shares its tensors:
+        opt_c.load_state_dict(copy.deepcopy(states["controller"]))   # without the copies variants leak into each other
         trace = [probe_loss(generator, controller, losses)]
         for batch in batches:
             D._iteration(generator, controller, losses, batch, config, opt_c, opt_g, torch.Generator().manual_seed(0),
