@@ -142,8 +142,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float, lr_controller: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
-               warmup_code_steps: int, ws_clamp: float, pin_neutral: bool, fresh_controller: bool, max_minutes: float | None,
-               seed: int, resume: bool, threads: int | None) -> None:
+               warmup_code_steps: int, ws_clamp: float, pin_neutral: bool, fresh_controller: bool,
+               max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
@@ -205,7 +205,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, videos_per_subject: int,
-             steps: tuple[int, int], lr: float, identity_encoder: str, json_out: str | None, threads: int | None) -> None:
+             steps: tuple[int, int], lr: float, identity_encoder: str, json_out: str | None,
+             threads: int | None) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
     from otavatar.inversion import InversionConfig
     from otavatar.training.evaluate import evaluate_reenactment
