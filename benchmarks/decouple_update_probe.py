@@ -67,9 +67,7 @@ def main() -> None:
                                             density_points=500, pin_neutral=True, persistent_codes=True), **change})
         losses = ReconstructionLoss.from_files(generator, identity_encoder="synthheads", weights=config.weights,
                                                sr_perceptual_size=32)
-        opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
-                                  weight_decay=config.controller_weight_decay)
-        opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
+        opt_c, opt_g = D._optimizers(controller, generator, config)
         opt_g.load_state_dict(copy.deepcopy(states["generator"]))     # a loaded state shares its tensors:
         opt_c.load_state_dict(copy.deepcopy(states["controller"]))   # without the copies variants leak into each other
         trace = [probe_loss(generator, controller, losses)]

@@ -279,9 +279,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world,
                                "init_codes": len(codes) if codes else None,
                                "fresh_controller": fresh_controller}, resume=resume)
-    opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
-                              weight_decay=config.controller_weight_decay)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
+    opt_c, opt_g = _optimizers(controller, generator, config)
     ema_g, ema_c = copy.deepcopy(generator).eval(), copy.deepcopy(controller).eval()
     start, seconds = 0, 0.0
     if resume and rank == 0 and run.has_checkpoint():
@@ -375,6 +373,22 @@ def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c,
 
     save_models(run.path / "ema.safetensors", generator=ema_g, controller=ema_c,
                 metadata={"step": step, "kind": "decouple-ema"})
+
+
+def _optimizers(controller, generator, config: DecoupleConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """The published optimisers (spec 3.6): AdamW for the controller, Adam for the whole generator."""
+    opt_c = torch.optim.AdamW(controller.parameters(), lr=config.lr_controller, betas=config.controller_betas,
+                              weight_decay=config.controller_weight_decay)
+    return opt_c, torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
+
+
+def _step_controller(controller, opt_c, config: DecoupleConfig) -> None:
+    """All-reduce, clip and apply the controller's gradients; re-centre it when config.pin_neutral."""
+    _sync(controller.parameters())
+    torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
+    opt_c.step()
+    if config.pin_neutral:
+        controller.pin_neutral_()
 
 
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
@@ -472,11 +486,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             opt_w.step()
             opt_k.step()
         if train_controller_now:
-            _sync(controller.parameters())
-            torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
-            opt_c.step()
-            if config.pin_neutral:
-                controller.pin_neutral_()
+            _step_controller(controller, opt_c, config)
         inv_loss = float(loss.detach())
     values = {"inversion": inv_loss}
     preview = (rec.image if rec.image is not None else rec.image_raw)[0::2]     # frame 0 of each video
@@ -495,11 +505,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             opt_c.zero_grad(set_to_none=True)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
-            _sync(controller.parameters())
-            torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
-            opt_c.step()
-            if config.pin_neutral:
-                controller.pin_neutral_()
+            _step_controller(controller, opt_c, config)
             if config.finetune_generator:
                 _sync(generator.parameters())
                 torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
