@@ -81,6 +81,7 @@ class DecoupleConfig:
     persistent_codes: bool = False     # a video's inversion starts where its previous one ended (module docstring)
     pin_neutral: bool = False          # keep motion(neutral window) = 0 after every controller step (docstring)
     warmup_code_steps: int = 0         # with persistent_codes: invert every video this long first (docstring)
+    warmup_lr_code: float | None = None   # the warm-up's code lr (None: lr_code); it starts from w_avg
     clamp: float | None = 5.0          # spec 2.5: every rendered ws is clamped to w_avg +- clamp (None: off)
     finetune_generator: bool = True    # step (b) also updates the generator
     lr_code: float = 0.01
@@ -116,6 +117,8 @@ class DecoupleConfig:
             raise ValueError(f"clamp must be > 0 or None, got {self.clamp}")
         if self.warmup_code_steps < 0:
             raise ValueError(f"warmup_code_steps must be >= 0, got {self.warmup_code_steps}")
+        if self.warmup_lr_code is not None and not self.warmup_lr_code > 0:
+            raise ValueError(f"warmup_lr_code must be > 0 or None, got {self.warmup_lr_code}")
         if self.warmup_code_steps and not self.persistent_codes:
             raise ValueError("warmup_code_steps banks a code per video: it needs persistent_codes=True")
         if not 0 <= self.ema < 1:
@@ -410,7 +413,7 @@ def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: 
     from dataclasses import replace
 
     code_only = replace(config, inversion_steps=config.warmup_code_steps, controller_steps=0, sr_steps=0,
-                        schedule="successive", refine=False)
+                        schedule="successive", refine=False, lr_code=config.warmup_lr_code or config.lr_code)
     videos = sampler.videos
     size = 2 * config.batch
     bank: dict[str, Tensor] = {}

@@ -208,9 +208,10 @@ def test_code_warm_up_banks_every_video_before_the_first_iteration(micro_dataset
                                                                     monkeypatch):
     calls = _spy_iterations(monkeypatch)
     run = tmp_path / "run"
-    cfg = _config(persistent_codes=True, warmup_code_steps=2)
+    cfg = _config(persistent_codes=True, warmup_code_steps=2, lr_code=0.005, warmup_lr_code=0.02)
     train_controller(micro_dataset, random_prior, run, cfg, progress=False, identity_encoder=None)
     *warm, first = calls
+    assert {c["config"].lr_code for c in warm} == {0.02} and first["config"].lr_code == 0.005
     assert sorted(v for c in warm for v in c["videos"]) == ["synth0000#00", "synth0001#00"]   # every train video
     for c in warm:                       # code steps only: controller frozen, no refine
         assert (c["config"].inversion_steps, c["config"].controller_steps, c["config"].refine) == (2, 0, False)
@@ -222,6 +223,8 @@ def test_code_warm_up_banks_every_video_before_the_first_iteration(micro_dataset
     assert rows[0]["step"] == 0 and "warmup" in rows[0]
     with pytest.raises(ValueError, match="persistent_codes"):
         DecoupleConfig(warmup_code_steps=3)
+    with pytest.raises(ValueError, match="warmup_lr_code"):
+        DecoupleConfig(persistent_codes=True, warmup_code_steps=3, warmup_lr_code=0.0)
 
 
 def test_pin_neutral_keeps_the_neutral_motion_at_zero(micro_dataset, random_prior, tmp_path):
