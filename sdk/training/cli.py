@@ -145,8 +145,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float, lr_controller: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
-               warmup_code_steps: int, warmup_lr_code: float | None, ws_clamp: float, pin_neutral: bool, fresh_controller: bool,
-               max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
+               warmup_code_steps: int, warmup_lr_code: float | None, ws_clamp: float, pin_neutral: bool,
+               fresh_controller: bool, max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 

@@ -40,6 +40,8 @@ from the first iteration. Without it the successive schedule's controller steps 
 absorbed identity error: in a CPU run its motion varied across frames and videos (std 1.55 per layer after 50
 iterations; joint 1.04) about as much as the codes differed from w_avg (1.66), and its training loss rose. With the
 warm-up it still rose (docs/training.md, round 3): warm codes are necessary for the premise, not sufficient here.
+The warm-up starts from w_avg, so `warmup_lr_code` can give it a coarser code lr than the iterations' `lr_code`,
+which start from banked codes (round 4: 0.02 then 0.005 did not stop the rise either).
 
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
@@ -397,7 +399,7 @@ def _step_controller(controller, opt_c, config: DecoupleConfig) -> None:
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
     """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5).
 
-    The runs in docs/training.md predate it. In one, a burst of controller steps took the largest rendered ws row's
+    Rounds 1-3 of docs/training.md predate it. In one of their runs, a burst of controller steps took the largest rendered ws row's
     norm from 10 to 382 within one iteration. Replayed with the clamp, the render was bounded but the explosion
     went on (a clamped element passes no gradient), so this limits damage; it does not prevent it."""
     if clamp is None:
