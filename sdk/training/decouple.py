@@ -399,9 +399,9 @@ def _step_controller(controller, opt_c, config: DecoupleConfig) -> None:
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
     """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5).
 
-    Rounds 1-3 of docs/training.md predate it. In one of their runs, a burst of controller steps took the largest rendered ws row's
-    norm from 10 to 382 within one iteration. Replayed with the clamp, the render was bounded but the explosion
-    went on (a clamped element passes no gradient), so this limits damage; it does not prevent it."""
+    Rounds 1-3 of docs/training.md predate it. In one of their runs, a burst of controller steps took the largest
+    rendered ws row's norm from 10 to 382 within one iteration. Replayed with the clamp, the render was bounded but
+    the explosion went on (a clamped element passes no gradient), so this limits damage; it does not prevent it."""
     if clamp is None:
         return ws
     return torch.maximum(torch.minimum(ws, w_avg + clamp), w_avg - clamp)
