@@ -135,8 +135,14 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--pin-neutral-motion", "pin_neutral", is_flag=True,
               help="Keep the controller's motion for the neutral window at exactly 0 (the identity code owns the "
                    "constant offset, which otherwise drifts; see otavatar.training.decouple).")
+@click.option("--pin-mean-motion", "pin_mean_windows", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Instead: keep the MEAN motion over this many training windows (a fixed sample) at exactly 0 "
+                   "after every controller step (0 = off).")
 @click.option("--fresh-controller", is_flag=True,
               help="Start from a new controller even when the --prior file holds one (keep only its generator).")
+@click.option("--finetune-generator/--freeze-generator", default=True, show_default=True,
+              help="Whether the refine step also fine-tunes the whole generator (published) or trains only the "
+                   "controller, so that banked codes stay valid between visits (docs/training.md, round 6).")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
@@ -146,7 +152,9 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
                warmup_code_steps: int, warmup_lr_code: float | None, ws_clamp: float, pin_neutral: bool,
-               fresh_controller: bool, max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
+               pin_mean_windows: int,
+               fresh_controller: bool, finetune_generator: bool, max_minutes: float | None, seed: int, resume: bool,
+               threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
@@ -164,9 +172,10 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                 controller_steps=controller_steps, sr_steps=sr_steps, schedule=schedule,
                                 lr_code=lr_code, lr_controller=lr_controller, sr_perceptual_size=sr_perceptual_size,
                                 density_points=density_points, persistent_codes=persistent_codes,
-                                pin_neutral=pin_neutral, warmup_code_steps=warmup_code_steps,
+                                pin_neutral=pin_neutral, pin_mean_windows=pin_mean_windows,
+                                warmup_code_steps=warmup_code_steps,
                                 warmup_lr_code=warmup_lr_code,
-                                clamp=ws_clamp or None,
+                                clamp=ws_clamp or None, finetune_generator=finetune_generator,
                                 max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder
         init_codes = None

@@ -82,6 +82,7 @@ class DecoupleConfig:
     refine: bool = True                # step (b)
     persistent_codes: bool = False     # a video's inversion starts where its previous one ended (module docstring)
     pin_neutral: bool = False          # keep motion(neutral window) = 0 after every controller step (docstring)
+    pin_mean_windows: int = 0          # or keep the MEAN motion over this many training windows at 0 (docstring)
     warmup_code_steps: int = 0         # with persistent_codes: invert every video this long first (docstring)
     warmup_lr_code: float | None = None   # the warm-up's code lr (None: lr_code); it starts from w_avg
     clamp: float | None = 5.0          # spec 2.5: every rendered ws is clamped to w_avg +- clamp (None: off)
@@ -117,6 +118,11 @@ class DecoupleConfig:
             raise ValueError(f"sr_steps must be in [0, {self.inversion_steps}], got {self.sr_steps}")
         if self.clamp is not None and not self.clamp > 0:
             raise ValueError(f"clamp must be > 0 or None, got {self.clamp}")
+        if self.pin_mean_windows < 0:
+            raise ValueError(f"pin_mean_windows must be >= 0, got {self.pin_mean_windows}")
+        if self.pin_mean_windows and self.pin_neutral:
+            raise ValueError("pin_neutral and pin_mean_windows pin the motion at two different references: "
+                             "choose one")
         if self.warmup_code_steps < 0:
             raise ValueError(f"warmup_code_steps must be >= 0, got {self.warmup_code_steps}")
         if self.warmup_lr_code is not None and not self.warmup_lr_code > 0:
@@ -183,6 +189,12 @@ class PairSampler:
     def videos(self) -> list[str]:
         """Every video of the split, in a fixed order."""
         return [v for p in self.persons for v in self.by_person[p]]
+
+    def reference_windows(self, count: int, rng: np.random.Generator) -> Tensor:
+        """`count` windows [count,70,27] drawn uniformly over every frame of the split (the pin_mean reference)."""
+        frames = [(v, f) for v in self.videos for f in range(len(self._cache[v][0]))]
+        picked = rng.choice(len(frames), count, replace=count > len(frames))
+        return torch.from_numpy(np.stack([self._cache[frames[i][0]][0][frames[i][1]] for i in picked])).float()
 
     def sample(self, batch: int, rng: np.random.Generator) -> Batch:
         persons = rng.choice(len(self.persons), batch, replace=batch > len(self.persons))
@@ -318,6 +330,10 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     done = start
     sampler = PairSampler(data_dir, window=controller.config.window)   # opened last: closed in `finally`
     try:
+        pin = _pinning(config, sampler)
+        if pin is not None and start == 0:
+            pin(controller)
+            pin(ema_c)
         if config.warmup_code_steps and start == 0 and not bank:
             warm_rng = np.random.default_rng([config.seed, rank, 1])     # leaves the iterations' draws as they were
             bank, warm_loss = _warm_up_codes(generator, controller, losses, sampler, config, opt_c, opt_g, dens_rng,
@@ -327,13 +343,13 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         for it in range(start, config.iterations):
             batch = sampler.sample(config.batch, rng)
             values, preview, final = _iteration(generator, controller, losses, batch, config, opt_c, opt_g,
-                                                dens_rng, {**codes, **bank})
+                                                dens_rng, {**codes, **bank}, pin=pin)
             if config.persistent_codes:
                 bank.update(zip(batch.videos, final))
             _ema_update(ema_g, generator, config.ema)
             _ema_update(ema_c, controller, config.ema)
-            if config.pin_neutral:      # an average of pinned controllers is pinned only to first order
-                ema_c.pin_neutral_()
+            if pin is not None:         # an average of pinned controllers is pinned only to first order
+                pin(ema_c)
             last = values["refine"] if config.refine else values["inversion"]
             if not math.isfinite(last):
                 raise FloatingPointError(f"iteration {it}: the loss became {last}")
@@ -387,12 +403,26 @@ def _optimizers(controller, generator, config: DecoupleConfig) -> tuple[torch.op
     return opt_c, torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
 
 
-def _step_controller(controller, opt_c, config: DecoupleConfig) -> None:
-    """All-reduce, clip and apply the controller's gradients; re-centre it when config.pin_neutral."""
+def _pinning(config: DecoupleConfig, sampler: PairSampler) -> Callable[[torch.nn.Module], object] | None:
+    """The re-centring applied after every controller step (module docstring), or None. The mean's reference
+    windows are drawn with config.seed alone, so every process pins at the same windows."""
+    if config.pin_mean_windows:
+        reference = sampler.reference_windows(config.pin_mean_windows, np.random.default_rng([config.seed, 2]))
+        return lambda controller: controller.pin_mean_(reference)
+    if config.pin_neutral:
+        return lambda controller: controller.pin_neutral_()
+    return None
+
+
+def _step_controller(controller, opt_c, config: DecoupleConfig, pin: Callable | None = None) -> None:
+    """All-reduce, clip and apply the controller's gradients; then re-centre it (`pin`; None: the neutral window
+    when config.pin_neutral)."""
     _sync(controller.parameters())
     torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
     opt_c.step()
-    if config.pin_neutral:
+    if pin is not None:
+        pin(controller)
+    elif config.pin_neutral:
         controller.pin_neutral_()
 
 
@@ -450,7 +480,7 @@ def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int) -> di
 
 
 def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, config: DecoupleConfig,
-               opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None
+               opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None, *, pin: Callable | None = None
                ) -> tuple[dict[str, float], Tensor, Tensor]:
     """One iteration -> (logged values, preview images [B,3,R,R], the inverted codes [B,w_dim])."""
     cfg = generator.config
@@ -491,7 +521,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             opt_w.step()
             opt_k.step()
         if train_controller_now:
-            _step_controller(controller, opt_c, config)
+            _step_controller(controller, opt_c, config, pin)
         inv_loss = float(loss.detach())
     values = {"inversion": inv_loss}
     preview = (rec.image if rec.image is not None else rec.image_raw)[0::2]     # frame 0 of each video
@@ -510,7 +540,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             opt_c.zero_grad(set_to_none=True)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
-            _step_controller(controller, opt_c, config)
+            _step_controller(controller, opt_c, config, pin)
             if config.finetune_generator:
                 _sync(generator.parameters())
                 torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)

@@ -86,3 +86,18 @@ def test_pin_neutral_zeroes_the_neutral_motion_and_keeps_every_difference():
     assert controller.pin_neutral_() is controller
     torch.testing.assert_close(controller(neutral), torch.zeros_like(controller(neutral)), atol=1e-6, rtol=0)
     torch.testing.assert_close(controller(x), before, atol=1e-5, rtol=0)
+
+
+def test_pin_mean_zeroes_the_mean_motion_over_its_windows_and_keeps_every_difference():
+    torch.manual_seed(0)
+    controller = MotionController.tiny()
+    with torch.no_grad():
+        for p in controller.parameters():
+            p.normal_(std=0.1)
+    reference, x = torch.randn(16, 70, 27), torch.randn(3, 70, 27)
+    before = controller(x) - controller(reference).mean(0)
+    assert controller(reference).mean(0).abs().max() > 0.1
+    assert controller.pin_mean_(reference) is controller
+    torch.testing.assert_close(controller(reference).mean(0), torch.zeros(controller.config.num_ws,
+                                                                          controller.config.w_dim), atol=1e-5, rtol=0)
+    torch.testing.assert_close(controller(x), before, atol=1e-5, rtol=0)

@@ -74,6 +74,19 @@ def test_schedules_decide_who_learns_during_inversion(micro_dataset, random_prio
     assert (not torch.equal(start, trained)) is changes
 
 
+def test_frozen_generator_stays_exact_while_the_controller_learns(micro_dataset, random_prior, tmp_path):
+    """finetune_generator=False: the refine step trains only the controller, so the run's generator (and its EMA
+    copy) is the prior's, bit for bit, and banked codes keep meaning what they meant."""
+    train_controller(micro_dataset, random_prior, tmp_path / "run", _config(finetune_generator=False),
+                     progress=False, identity_encoder=None)
+    prior = load_models(random_prior).generator.state_dict()
+    for name in ("checkpoint.safetensors", "ema.safetensors"):
+        trained = load_models(tmp_path / "run" / name).generator.state_dict()
+        assert all(torch.equal(prior[k], trained[k]) for k in prior), name
+    start = torch.cat([p.flatten() for p in _fresh_controller_like(tmp_path / "run")])
+    assert not torch.equal(start, _controller_params(tmp_path / "run" / "checkpoint.safetensors"))
+
+
 def _first_rendered_ws(generator, controller, batch, cfg, codes=None):
     """The ws that `_iteration` hands to its first loss call (the iteration is stopped there)."""
     from otavatar.training.decouple import _iteration
@@ -132,9 +145,9 @@ def _spy_iterations(monkeypatch):
     calls = []
     original = D._iteration
 
-    def spy(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes=None):
+    def spy(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes=None, **kw):
         before = torch.cat([p.detach().flatten().clone() for p in controller.parameters()])
-        out = original(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes)
+        out = original(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes, **kw)
         calls.append({"videos": list(batch.videos), "starts": {k: v.clone() for k, v in (init_codes or {}).items()},
                       "final": out[2].clone(), "controller": before, "config": config})
         return out
@@ -239,6 +252,24 @@ def test_pin_neutral_keeps_the_neutral_motion_at_zero(micro_dataset, random_prio
             assert controller(torch.randn(2, 70, 27)).abs().max() > 0          # trained, not zeroed
 
 
+def test_pin_mean_keeps_the_mean_motion_over_the_reference_windows_at_zero(micro_dataset, random_prior, tmp_path):
+    from otavatar.training.decouple import PairSampler
+
+    cfg = _config(iterations=2, controller_steps=1, pin_mean_windows=8)
+    train_controller(micro_dataset, random_prior, tmp_path / "run", cfg, progress=False, identity_encoder=None)
+    sampler = PairSampler(micro_dataset)
+    try:        # the trainer's reference: drawn with config.seed alone
+        reference = sampler.reference_windows(8, np.random.default_rng([cfg.seed, 2]))
+    finally:
+        sampler.close()
+    assert reference.shape == (8, 70, 27)
+    for name in ("checkpoint.safetensors", "ema.safetensors"):
+        controller = load_models(tmp_path / "run" / name).controller
+        with torch.no_grad():
+            assert controller(reference).mean(0).abs().max() < 1e-6, name
+            assert controller(controller.neutral_window()).abs().max() > 0     # pinned at the mean, not at 0
+
+
 @pytest.mark.parametrize("clamp", [5.0, None])
 def test_rendered_ws_are_clamped_around_w_avg(micro_dataset, random_prior, clamp):
     """Spec 2.5: the trainer renders clamp(w + motion, w_avg - 5, w_avg + 5); clamp=None renders them as they are."""
@@ -258,6 +289,10 @@ def test_config_validation():
         DecoupleConfig(inversion_steps=5, controller_steps=6)
     with pytest.raises(ValueError, match="clamp"):
         DecoupleConfig(clamp=0.0)
+    with pytest.raises(ValueError, match="choose one"):
+        DecoupleConfig(pin_neutral=True, pin_mean_windows=8)
+    with pytest.raises(ValueError, match="pin_mean_windows"):
+        DecoupleConfig(pin_mean_windows=-1)
     assert DecoupleConfig().identity_steps == 90          # spec 3.4: 90 + 10 of 100
 
 
