@@ -58,7 +58,8 @@ class RunDir:
             if not resume:
                 raise FileExistsError(f"{self.path} already holds a run; pass resume=True (--resume) to continue "
                                       "it or choose another folder")
-            saved = _model_keys(json.loads(config_file.read_text()))
+            # a setting added after the run started is absent from its config.json: the run used its default
+            saved = _model_keys(_with_defaults(json.loads(config_file.read_text()), _defaults(config)))
             now = _model_keys(_jsonable(self.config))
             if saved != now:
                 raise ValueError(f"{self.path}: the run was started with a different config (differs in "
@@ -131,6 +132,30 @@ def _model_keys(config: Any) -> Any:
     if isinstance(config, dict):
         return {k: _model_keys(v) for k, v in config.items() if k not in RUNTIME_KEYS}
     return config
+
+
+_UNKNOWN = object()
+
+
+def _defaults(config: Any) -> Any:
+    """The JSON config a dataclass (or a dict of them) has when built with no arguments; _UNKNOWN elsewhere."""
+    if is_dataclass(config) and not isinstance(config, type):
+        try:
+            return _jsonable(type(config)())
+        except TypeError:          # a dataclass with required fields has no default config
+            return _UNKNOWN
+    if isinstance(config, dict):
+        return {k: _defaults(v) for k, v in config.items()}
+    return _UNKNOWN
+
+
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    """`saved` with the keys it lacks taken from `defaults` (at any depth)."""
+    if not isinstance(saved, dict) or not isinstance(defaults, dict):
+        return saved
+    merged = {k: _with_defaults(v, defaults.get(k)) for k, v in saved.items()}
+    merged.update({k: v for k, v in defaults.items() if k not in saved and v is not _UNKNOWN})
+    return merged
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:

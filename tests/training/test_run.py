@@ -54,6 +54,19 @@ def test_resume_with_another_config_is_refused_but_more_steps_are_allowed(tmp_pa
     assert json.loads((tmp_path / "config.json").read_text())["steps"] == 10
 
 
+def test_a_setting_added_after_the_run_started_resumes_at_its_default(tmp_path):
+    """An older run's config.json lacks a field added since; it ran with that field's default."""
+    _saved_run(tmp_path)
+    path = tmp_path / "config.json"
+    old = json.loads(path.read_text())
+    del old["lr"]
+    path.write_text(json.dumps(old))
+    RunDir(tmp_path, _Cfg(), resume=True)                     # lr at its default: the same run
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="lr"):
+        RunDir(tmp_path, _Cfg(lr=0.2), resume=True)           # not the default: another run
+
+
 def test_log_appends_json_lines_and_preview_writes_png(tmp_path):
     run = RunDir(tmp_path, _Cfg())
     run.log(1, {"loss": torch.tensor(0.5)})
