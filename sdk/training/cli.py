@@ -130,6 +130,9 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--warmup-lr-code", type=click.FloatRange(min=0, min_open=True), default=None,
               help="The warm-up's code lr (default: --lr-code). The warm-up starts at w_avg, the iterations at "
                    "banked codes, so a banked run can take a finer --lr-code than its warm-up.")
+@click.option("--refresh-codes-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --warmup-code-steps: every N iterations, re-invert every banked code the same way "
+                   "(from the bank, at --lr-code), so no video's code goes stale as the controller moves (0 = off).")
 @click.option("--ws-clamp", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Clamp every rendered ws to w_avg +- this, as published (spec 2.5); 0 turns it off.")
 @click.option("--pin-neutral-motion", "pin_neutral", is_flag=True,
@@ -151,10 +154,9 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float, lr_controller: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
-               warmup_code_steps: int, warmup_lr_code: float | None, ws_clamp: float, pin_neutral: bool,
-               pin_mean_windows: int,
-               fresh_controller: bool, finetune_generator: bool, max_minutes: float | None, seed: int, resume: bool,
-               threads: int | None) -> None:
+               warmup_code_steps: int, warmup_lr_code: float | None, refresh_codes_every: int, ws_clamp: float,
+               pin_neutral: bool, pin_mean_windows: int, fresh_controller: bool, finetune_generator: bool,
+               max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
@@ -174,7 +176,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                 density_points=density_points, persistent_codes=persistent_codes,
                                 pin_neutral=pin_neutral, pin_mean_windows=pin_mean_windows,
                                 warmup_code_steps=warmup_code_steps,
-                                warmup_lr_code=warmup_lr_code,
+                                warmup_lr_code=warmup_lr_code, refresh_codes_every=refresh_codes_every,
                                 clamp=ws_clamp or None, finetune_generator=finetune_generator,
                                 max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder

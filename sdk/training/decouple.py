@@ -85,6 +85,7 @@ class DecoupleConfig:
     pin_mean_windows: int = 0          # or keep the MEAN motion over this many training windows at 0 (docstring)
     warmup_code_steps: int = 0         # with persistent_codes: invert every video this long first (docstring)
     warmup_lr_code: float | None = None   # the warm-up's code lr (None: lr_code); it starts from w_avg
+    refresh_codes_every: int = 0       # with the warm-up: re-invert every banked code each N iterations (docstring)
     clamp: float | None = 5.0          # spec 2.5: every rendered ws is clamped to w_avg +- clamp (None: off)
     finetune_generator: bool = True    # step (b) also updates the generator
     lr_code: float = 0.01
@@ -127,6 +128,10 @@ class DecoupleConfig:
             raise ValueError(f"warmup_code_steps must be >= 0, got {self.warmup_code_steps}")
         if self.warmup_lr_code is not None and not self.warmup_lr_code > 0:
             raise ValueError(f"warmup_lr_code must be > 0 or None, got {self.warmup_lr_code}")
+        if self.refresh_codes_every < 0:
+            raise ValueError(f"refresh_codes_every must be >= 0, got {self.refresh_codes_every}")
+        if self.refresh_codes_every and not self.warmup_code_steps:
+            raise ValueError("refresh_codes_every repeats the code warm-up: it needs warmup_code_steps > 0")
         if self.warmup_code_steps and not self.persistent_codes:
             raise ValueError("warmup_code_steps banks a code per video: it needs persistent_codes=True")
         if not 0 <= self.ema < 1:
@@ -361,6 +366,12 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                 flag = torch.tensor([float(out_of_time)])
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)     # every rank stops at the same iteration
                 out_of_time = bool(flag.item())
+            if config.refresh_codes_every and done % config.refresh_codes_every == 0 and done < config.iterations \
+                    and not out_of_time:
+                bank, values["code_refresh"] = _warm_up_codes(
+                    generator, controller, losses, sampler, config, opt_c, opt_g, dens_rng, {**codes, **bank},
+                    np.random.default_rng([config.seed, rank, 3, done]), progress=progress and rank == 0,
+                    refresh=True)
             if rank == 0:
                 if done % config.log_every == 0:
                     run.log(done, values)
@@ -438,14 +449,16 @@ def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
 
 
 def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: DecoupleConfig, opt_c, opt_g,
-                   dens_rng, init_codes: Mapping[str, Tensor], rng: np.random.Generator, *, progress: bool
-                   ) -> tuple[dict[str, Tensor], float]:
+                   dens_rng, init_codes: Mapping[str, Tensor], rng: np.random.Generator, *, progress: bool,
+                   refresh: bool = False) -> tuple[dict[str, Tensor], float]:
     """Invert every video's code for config.warmup_code_steps steps, controller and generator frozen (an
-    `_iteration` with only code steps and no refine) -> (video -> code, mean final loss)."""
+    `_iteration` with only code steps and no refine) -> (video -> code, mean final loss). refresh=True: a
+    refresh of banked codes (init_codes), at the iterations' lr_code rather than the warm-up's."""
     from dataclasses import replace
 
+    lr = config.lr_code if refresh else config.warmup_lr_code or config.lr_code
     code_only = replace(config, inversion_steps=config.warmup_code_steps, controller_steps=0, sr_steps=0,
-                        schedule="successive", refine=False, lr_code=config.warmup_lr_code or config.lr_code)
+                        schedule="successive", refine=False, lr_code=lr)
     videos = sampler.videos
     size = 2 * config.batch
     bank: dict[str, Tensor] = {}
@@ -454,7 +467,8 @@ def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(videos), unit="video", desc="code warm-up", dynamic_ncols=True)
+        bar = tqdm(total=len(videos), unit="video", desc="code refresh" if refresh else "code warm-up",
+                   dynamic_ncols=True, leave=not refresh)
     for i in range(0, len(videos), size):
         batch = sampler.sample_videos(videos[i:i + size], rng)
         values, _, final = _iteration(generator, controller, losses, batch, code_only, opt_c, opt_g, dens_rng,

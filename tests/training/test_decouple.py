@@ -240,6 +240,29 @@ def test_code_warm_up_banks_every_video_before_the_first_iteration(micro_dataset
         DecoupleConfig(persistent_codes=True, warmup_code_steps=3, warmup_lr_code=0.0)
 
 
+def test_code_refresh_reinverts_every_banked_code_every_n_iterations(micro_dataset, random_prior, tmp_path,
+                                                                     monkeypatch):
+    calls = _spy_iterations(monkeypatch)
+    cfg = _config(iterations=3, persistent_codes=True, warmup_code_steps=1, lr_code=0.005, warmup_lr_code=0.02,
+                  refresh_codes_every=2)
+    train_controller(micro_dataset, random_prior, tmp_path / "run", cfg, progress=False, identity_encoder=None)
+    warm, it1, it2, refresh, it3 = calls       # a refresh after iteration 2 only (none after the last)
+    assert refresh["config"].refine is False and refresh["config"].lr_code == 0.005    # from the bank, iteration lr
+    assert sorted(refresh["videos"]) == ["synth0000#00", "synth0001#00"]
+    bank = {v: warm["final"][i] for i, v in enumerate(warm["videos"])}
+    for it in (it1, it2):
+        bank.update({v: it["final"][i] for i, v in enumerate(it["videos"])})
+    for video in refresh["videos"]:            # it continues every video from its banked code
+        torch.testing.assert_close(refresh["starts"][video], bank[video], atol=0, rtol=0)
+    (video,) = it3["videos"]
+    refreshed = refresh["final"][refresh["videos"].index(video)]
+    torch.testing.assert_close(it3["starts"][video], refreshed, atol=0, rtol=0)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "code_refresh" in r] == [2]
+    with pytest.raises(ValueError, match="warmup_code_steps"):
+        DecoupleConfig(persistent_codes=True, refresh_codes_every=5)
+
+
 def test_pin_neutral_keeps_the_neutral_motion_at_zero(micro_dataset, random_prior, tmp_path):
     cfg = _config(iterations=2, controller_steps=1, pin_neutral=True)
     train_controller(micro_dataset, random_prior, tmp_path / "run", cfg, progress=False, identity_encoder=None)
