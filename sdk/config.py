@@ -123,6 +123,9 @@ class ControllerConfig:
     num_ws: int = 14
     w_dim: int = 512
     negative_slope: float = 0.1
+    # The published `if_use_pose`: False zeroes the 6 pose inputs (angles + translation, channels 64:70), so the
+    # motion follows the expression alone while the camera carries the pose. Shapes and keys are unchanged.
+    use_pose: bool = True
 
     def __post_init__(self) -> None:
         needed = 7 + 6 * self.encoder_layers - 6  # first conv shrinks by 6, each dilated conv by 6

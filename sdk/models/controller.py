@@ -108,6 +108,8 @@ class MotionController(nn.Module):
             raise ValueError(f"controller input must be [B,{cfg.coeff_dim},{cfg.window}] (coefficients x frames), "
                              f"got {got}")
         slope = cfg.negative_slope
+        if not cfg.use_pose:     # the expression channels alone (ControllerConfig.use_pose); traced into export
+            x = torch.cat([x[:, :64], torch.zeros_like(x[:, 64:])], dim=1)
         descriptor = self.mapping_3DMM(x)
         g = self._shared(descriptor)
         for _ in range(cfg.mlp_layers - 1):

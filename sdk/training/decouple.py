@@ -43,6 +43,20 @@ warm-up it still rose (docs/training.md, round 3): warm codes are necessary for 
 The warm-up starts from w_avg, so `warmup_lr_code` can give it a coarser code lr than the iterations' `lr_code`,
 which start from banked codes (round 4: 0.02 then 0.005 did not stop the rise either).
 
+`pin_mean_windows=N` pins instead the MEAN motion over N training windows (a fixed sample) at 0
+(`MotionController.pin_mean_`): talking frames are rarely neutral, so a neutral-pinned controller still carries a
+shared offset on every real window. It diverged in both schedules within ~10 iterations (round 6): the gradient's
+demand for a shared offset is never met, so the weights keep growing along it while the bias cancels only its mean,
+and the spread around the mean grows with them. Kept as an option for the record, not recommended.
+
+`finetune_generator=False` (`--freeze-generator`) trains only the controller in the refine step, so the banked codes
+can go stale only through the controller. Round 6: the successive loss still rose with the generator frozen, so the
+generator's drift is not what drives it.
+
+`refresh_codes_every=N` (with the warm-up) repeats the warm-up every N iterations, from the bank and at `lr_code`:
+every video's code is re-inverted against the current controller, so the staleness a video's code accumulates
+between its visits is reset once per N iterations instead of growing until the video is drawn again.
+
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
 synchronised: spec 3.6). Codes and intrinsics are per sample and stay local.
@@ -88,6 +102,7 @@ class DecoupleConfig:
     refresh_codes_every: int = 0       # with the warm-up: re-invert every banked code each N iterations (docstring)
     clamp: float | None = 5.0          # spec 2.5: every rendered ws is clamped to w_avg +- clamp (None: off)
     finetune_generator: bool = True    # step (b) also updates the generator
+    controller_pose: bool = True       # a fresh controller's use_pose (ControllerConfig; published if_use_pose)
     lr_code: float = 0.01
     lr_intrinsics: float = 0.01
     lr_controller: float = 1e-3
@@ -294,7 +309,12 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     else:
         torch.manual_seed(config.seed)
         controller = MotionController(ControllerConfig(num_ws=gcfg.num_ws, w_dim=gcfg.w_dim,
-                                                       descriptor_channels=min(256, 2 * gcfg.w_dim))).train()
+                                                       descriptor_channels=min(256, 2 * gcfg.w_dim),
+                                                       use_pose=config.controller_pose)).train()
+    if controller.config.use_pose != config.controller_pose:
+        raise ValueError(f"{prior}: its controller has use_pose={controller.config.use_pose}, the config asks for "
+                         f"controller_pose={config.controller_pose}; start a fresh controller (fresh_controller) or "
+                         "match it")
     codes = _check_init_codes(init_codes, gcfg.w_dim)
     bank: dict[str, Tensor] = {}          # video -> its last inverted code (persistent_codes)
     if rank == 0:

@@ -1,6 +1,8 @@
 """Motion controller behaviour beyond the parity fixture."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -101,3 +103,21 @@ def test_pin_mean_zeroes_the_mean_motion_over_its_windows_and_keeps_every_differ
     torch.testing.assert_close(controller(reference).mean(0), torch.zeros(controller.config.num_ws,
                                                                           controller.config.w_dim), atol=1e-5, rtol=0)
     torch.testing.assert_close(controller(x), before, atol=1e-5, rtol=0)
+
+
+def test_use_pose_false_ignores_the_pose_inputs_and_keeps_the_state_dict():
+    torch.manual_seed(0)
+    with_pose = MotionController.tiny()
+    without = MotionController(dataclasses.replace(with_pose.config, use_pose=False))
+    without.load_state_dict(with_pose.state_dict())              # same keys and shapes
+    with torch.no_grad():
+        for p in without.parameters():
+            p.normal_(std=0.1)
+    x = torch.randn(2, 70, 27)
+    moved = x.clone()
+    moved[:, 64:] = torch.randn(2, 6, 27)                        # other angles and translation
+    torch.testing.assert_close(without(x), without(moved), atol=0, rtol=0)
+    expression_only = x.clone()
+    expression_only[:, 64:] = 0
+    torch.testing.assert_close(without(x), without(expression_only), atol=0, rtol=0)
+    assert not torch.equal(without(x), without(torch.randn(2, 70, 27)))
