@@ -357,8 +357,8 @@ _WORKER_SYNC = textwrap.dedent("""
     D.PairSampler.sample = lambda self, b, rng: seen.append(sample(self, b, rng)) or seen[-1]
     captured = {}
     original = D._iteration
-    def spy(generator, controller, *args):
-        out = original(generator, controller, *args)
+    def spy(generator, controller, *args, **kw):
+        out = original(generator, controller, *args, **kw)
         captured["generator"] = torch.cat([p.detach().flatten() for p in generator.parameters()])
         captured["controller"] = torch.cat([p.detach().flatten() for p in controller.parameters()])
         return out
