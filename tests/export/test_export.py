@@ -119,6 +119,20 @@ def test_wrong_models_are_refused(tmp_path, tiny_models):
         export_models(tmp_path, generator, official_controller)
 
 
+def test_a_controller_without_pose_exports_and_verifies(tmp_path, tiny_models):
+    """ControllerConfig.use_pose=False zeroes the pose inputs inside the traced graph: ORT must match torch."""
+    import dataclasses
+
+    from otavatar.models import MotionController
+
+    generator, controller = tiny_models
+    no_pose = MotionController(dataclasses.replace(controller.config, use_pose=False))
+    no_pose.load_state_dict(controller.state_dict())
+    report = export_models(tmp_path / "m", generator, no_pose, verify=True)
+    assert report.verify["controller"]["2"]["motion"]["max_abs"] < TOLERANCE["fp32"]["atol"]
+    assert read_manifest(tmp_path / "m")["controller_config"]["use_pose"] is False
+
+
 def test_refuses_to_replace_a_foreign_folder(tmp_path, tiny_models):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(ExportError, match="not an otavatar model folder"):
