@@ -19,6 +19,7 @@ Used in docs/training.md (round 6). Only controller forwards: seconds on a CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from otavatar.coeffs import windows
+from otavatar.models import MotionController
 from otavatar.weights import load_models
 
 
@@ -54,7 +56,8 @@ def anatomy(controller, truth: dict, lmdb_dir: Path, split: str) -> dict:
     video_of = np.asarray(video_of)
     c, p = np.concatenate(controls), np.concatenate(pose)
     total = ((m - m.mean(0)) ** 2).sum()
-    means = np.stack([m[video_of == v].mean(0) for v in video_of])
+    videos, index = np.unique(video_of, return_inverse=True)
+    means = np.stack([m[index == k].mean(0) for k in range(len(videos))])[index]      # each frame's video mean
     between = ((means - m.mean(0)) ** 2).sum() / total
     return {"rms": float(np.sqrt((m ** 2).mean())), "std": float(np.sqrt(total / m.size)),
             "between_video": float(between), "expression_r2": _r2(c, m), "expression_pose_r2": _r2(
@@ -76,27 +79,18 @@ def main() -> None:
     for path in args.weights:
         controller = load_models(path).controller.eval()
         full = anatomy(controller, truth, lmdb_dir, args.split)
-        no_pose = _without_pose(controller, truth, lmdb_dir, args.split)
+        no_pose = anatomy(_without_pose(controller), truth, lmdb_dir, args.split)
         report[path] = {"motion": full, "pose_inputs_zeroed": no_pose}
         print(f"{path}\n  motion:          {_fmt(full)}\n  pose zeroed:     {_fmt(no_pose)}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
 
 
-def _without_pose(controller, truth, lmdb_dir, split) -> dict:
-    """anatomy() of the controller with its 6 pose input channels (64:70) zeroed."""
-    forward = controller.forward
-
-    def no_pose(x, **kw):
-        x = x.clone()
-        x[:, 64:70] = 0
-        return forward(x, **kw)
-
-    controller.forward = no_pose
-    try:
-        return anatomy(controller, truth, lmdb_dir, split)
-    finally:
-        del controller.forward
+def _without_pose(controller: MotionController) -> MotionController:
+    """The same weights with the 6 pose inputs zeroed (ControllerConfig.use_pose=False)."""
+    no_pose = MotionController(dataclasses.replace(controller.config, use_pose=False))
+    no_pose.load_state_dict(controller.state_dict())
+    return no_pose.eval()
 
 
 def _fmt(r: dict) -> str:

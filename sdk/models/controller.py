@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from otavatar.coeffs import CONTROLLER_EXP
 from otavatar.config import ControllerConfig
 
 BASIS_EPS = 1e-8  # added to the direction matrix before the QR, as published
@@ -109,7 +110,7 @@ class MotionController(nn.Module):
                              f"got {got}")
         slope = cfg.negative_slope
         if not cfg.use_pose:     # the expression channels alone (ControllerConfig.use_pose); traced into export
-            x = torch.cat([x[:, :64], torch.zeros_like(x[:, 64:])], dim=1)
+            x = torch.cat([x[:, CONTROLLER_EXP], torch.zeros_like(x[:, CONTROLLER_EXP.stop:])], dim=1)
         descriptor = self.mapping_3DMM(x)
         g = self._shared(descriptor)
         for _ in range(cfg.mlp_layers - 1):
@@ -139,9 +140,7 @@ class MotionController(nn.Module):
         it (DecoupleConfig.pin_neutral) because that constant is redundant with the identity code and otherwise
         drifts. Keys, shapes and export are unchanged.
         """
-        head = self.forward_details(self.neutral_window()).head[0]               # [(num_ws+1)*K]
-        self._out.bias.sub_(head)
-        return self
+        return self.pin_mean_(self.neutral_window())
 
     @torch.no_grad()
     def pin_mean_(self, windows: Tensor) -> "MotionController":

@@ -139,8 +139,9 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
               help="Keep the controller's motion for the neutral window at exactly 0 (the identity code owns the "
                    "constant offset, which otherwise drifts; see otavatar.training.decouple).")
 @click.option("--pin-mean-motion", "pin_mean_windows", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Instead: keep the MEAN motion over this many training windows (a fixed sample) at exactly 0 "
-                   "after every controller step (0 = off).")
+              help="Instead of --pin-neutral-motion: keep the MEAN motion over this many training windows (a fixed "
+                   "sample) at exactly 0 after every controller step (0 = off; it diverged in docs/training.md, "
+                   "round 6).")
 @click.option("--fresh-controller", is_flag=True,
               help="Start from a new controller even when the --prior file holds one (keep only its generator).")
 @click.option("--finetune-generator/--freeze-generator", default=True, show_default=True,

@@ -434,10 +434,13 @@ def _optimizers(controller, generator, config: DecoupleConfig) -> tuple[torch.op
     return opt_c, torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.generator_betas)
 
 
-def _pinning(config: DecoupleConfig, sampler: PairSampler) -> Callable[[torch.nn.Module], object] | None:
+def _pinning(config: DecoupleConfig, sampler: PairSampler | None = None
+             ) -> Callable[[torch.nn.Module], object] | None:
     """The re-centring applied after every controller step (module docstring), or None. The mean's reference
-    windows are drawn with config.seed alone, so every process pins at the same windows."""
+    windows are drawn from `sampler` with config.seed alone, so every process pins at the same windows."""
     if config.pin_mean_windows:
+        if sampler is None:
+            raise ValueError("pin_mean_windows pins at training windows: pass the trainer's pin")
         reference = sampler.reference_windows(config.pin_mean_windows, np.random.default_rng([config.seed, 2]))
         return lambda controller: controller.pin_mean_(reference)
     if config.pin_neutral:
@@ -445,16 +448,13 @@ def _pinning(config: DecoupleConfig, sampler: PairSampler) -> Callable[[torch.nn
     return None
 
 
-def _step_controller(controller, opt_c, config: DecoupleConfig, pin: Callable | None = None) -> None:
-    """All-reduce, clip and apply the controller's gradients; then re-centre it (`pin`; None: the neutral window
-    when config.pin_neutral)."""
+def _step_controller(controller, opt_c, config: DecoupleConfig, pin: Callable | None) -> None:
+    """All-reduce, clip and apply the controller's gradients; then re-centre it (`pin`, from _pinning)."""
     _sync(controller.parameters())
     torch.nn.utils.clip_grad_norm_(controller.parameters(), config.grad_clip)
     opt_c.step()
     if pin is not None:
         pin(controller)
-    elif config.pin_neutral:
-        controller.pin_neutral_()
 
 
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
@@ -516,7 +516,9 @@ def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int) -> di
 def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, config: DecoupleConfig,
                opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None, *, pin: Callable | None = None
                ) -> tuple[dict[str, float], Tensor, Tensor]:
-    """One iteration -> (logged values, preview images [B,3,R,R], the inverted codes [B,w_dim])."""
+    """One iteration -> (logged values, preview images [B,3,R,R], the inverted codes [B,w_dim]).
+    pin: the trainer's _pinning (None: _pinning(config), which knows the neutral pin but not the mean's windows)."""
+    pin = pin if pin is not None else _pinning(config)
     cfg = generator.config
     b = batch.images.shape[0]
     images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video
