@@ -150,6 +150,10 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--controller-pose/--no-controller-pose", default=True, show_default=True,
               help="A fresh controller's pose inputs (the published if_use_pose); --no-controller-pose zeroes them, "
                    "so the motion follows the expression alone and the camera carries the pose.")
+@click.option("--differential-grad", is_flag=True,
+              help="The controller learns only from what differs between a video's two frames: the residual both "
+                   "share (the unconverged code's) is removed from its gradient, and the refine step renders both "
+                   "frames together (otavatar.training.decouple).")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
@@ -160,7 +164,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
                warmup_code_steps: int, warmup_lr_code: float | None, refresh_codes_every: int, ws_clamp: float,
                pin_neutral: bool, pin_mean_windows: int, fresh_controller: bool, finetune_generator: bool,
-               controller_pose: bool, max_minutes: float | None, seed: int, resume: bool,
+               controller_pose: bool, differential_grad: bool, max_minutes: float | None, seed: int, resume: bool,
                threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
@@ -183,7 +187,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                 warmup_code_steps=warmup_code_steps,
                                 warmup_lr_code=warmup_lr_code, refresh_codes_every=refresh_codes_every,
                                 clamp=ws_clamp or None, finetune_generator=finetune_generator,
-                                controller_pose=controller_pose,
+                                controller_pose=controller_pose, differential_grad=differential_grad,
                                 max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder
         init_codes = None

@@ -57,6 +57,17 @@ generator's drift is not what drives it.
 every video's code is re-inverted against the current controller, so the staleness a video's code accumulates
 between its visits is reset once per N iterations instead of growing until the video is drawn again.
 
+`differential_grad=True` (`--differential-grad`) lets the controller learn only from what differs between a video's two
+frames. The forward pass is unchanged (ws = code + C(window)); in the backward pass, the controller's gradient for
+each ws row is the frame's gradient minus the mean of both frames' gradients, so the part of the residual that
+both frames share -- an identity error that the code would absorb if it had converged -- never reaches the
+controller. That is the published premise made explicit: 90 code steps converge the code, so the controller bursts
+see only the frame-to-frame residual; ~7 code steps on a CPU leave a shared residual that the bursts fitted instead
+(round 6: the successive loss rose, and the controller learnt motion that follows each training video). At test
+time only differences of motions matter to first order (the portrait's code is inverted with its own motion
+added), so nothing the projection removes is needed there. The refine step then renders both frames together in
+one step (it needs both frames' gradients), instead of one step per frame.
+
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
 synchronised: spec 3.6). Codes and intrinsics are per sample and stay local.
@@ -103,6 +114,7 @@ class DecoupleConfig:
     clamp: float | None = 5.0          # spec 2.5: every rendered ws is clamped to w_avg +- clamp (None: off)
     finetune_generator: bool = True    # step (b) also updates the generator
     controller_pose: bool = True       # a fresh controller's use_pose (ControllerConfig; published if_use_pose)
+    differential_grad: bool = False    # the controller learns only the frames' differences (module docstring)
     lr_code: float = 0.01
     lr_intrinsics: float = 0.01
     lr_controller: float = 1e-3
@@ -457,6 +469,18 @@ def _step_controller(controller, opt_c, config: DecoupleConfig, pin: Callable | 
         pin(controller)
 
 
+def _motion(controller, windows: Tensor, config: DecoupleConfig) -> Tensor:
+    """The controller's motion [2B,num_ws,w_dim] for windows [2B,70,27] (the two frames of each video adjacent).
+    differential_grad: the same values, but the gradient that reaches the controller is each frame's minus the
+    mean over its video's two frames (module docstring)."""
+    motion = controller(windows)
+    if not config.differential_grad or not motion.requires_grad:
+        return motion
+    pairs = motion.unflatten(0, (-1, 2))                          # [B,2,num_ws,w_dim]
+    shared = pairs.mean(1, keepdim=True)
+    return (pairs - shared + shared.detach()).flatten(0, 1)
+
+
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
     """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5).
 
@@ -478,7 +502,8 @@ def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: 
 
     lr = config.lr_code if refresh else config.warmup_lr_code or config.lr_code
     code_only = replace(config, inversion_steps=config.warmup_code_steps, controller_steps=0, sr_steps=0,
-                        schedule="successive", refine=False, lr_code=lr)
+                        schedule="successive", refine=False, lr_code=lr, pin_neutral=False,
+                        pin_mean_windows=0)      # no controller step here, so nothing to pin
     videos = sampler.videos
     size = 2 * config.batch
     bank: dict[str, Tensor] = {}
@@ -542,7 +567,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         train_code_now = config.schedule == "joint" or i < config.identity_steps
         sr = i >= config.inversion_steps - config.sr_steps
         with torch.set_grad_enabled(train_controller_now):
-            motion = controller(windows)                                       # [2B,num_ws,w_dim]
+            motion = _motion(controller, windows, config)                       # [2B,num_ws,w_dim]
         ws = _clamp(code.repeat_interleave(2, dim=0).expand(-1, cfg.num_ws, -1) + motion, w_avg, config.clamp)
         cam = apply_intrinsics(cameras, correction.value.repeat_interleave(2, dim=0))   # [2B,25]
         rec = losses(generator, ws, cam, images, landmarks, super_resolve=sr)
@@ -564,12 +589,15 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
     code = code.detach()
     if config.refine:
         generator.requires_grad_(config.finetune_generator)
+        # one step per frame (spec 3.4 b); differential_grad needs both frames' gradients, so one step of both
+        steps = [torch.arange(2 * b)] if config.differential_grad else [torch.arange(b) * 2 + f for f in range(2)]
         total = 0.0
-        for f in range(2):
-            sel = torch.arange(b) * 2 + f
-            motion = controller(windows[sel])
-            ws = _clamp(code.expand(-1, cfg.num_ws, -1) + motion, w_avg, config.clamp)
-            cam = correction(cameras[sel]).detach()
+        for f, sel in enumerate(steps):
+            motion = _motion(controller, windows[sel], config)
+            per_frame = len(sel) // b                        # 1, or 2 frames per video rendered in this step
+            ws = _clamp(code.repeat_interleave(per_frame, dim=0).expand(-1, cfg.num_ws, -1) + motion, w_avg,
+                        config.clamp)
+            cam = apply_intrinsics(cameras[sel], correction.value.repeat_interleave(per_frame, dim=0)).detach()
             rec = losses(generator, ws, cam, images[sel], landmarks[sel], super_resolve=True)
             dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
             loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv
@@ -583,8 +611,9 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
                 opt_g.step()
             total += float(loss.detach())
             if f == 0:
-                preview = rec.image
-            values.update({f"{k}_f{f}": v for k, v in rec.terms.items()})
-        values["refine"] = total / 2
+                preview = rec.image[::per_frame]
+            suffix = "f01" if per_frame == 2 else f"f{f}"
+            values.update({f"{k}_{suffix}": v for k, v in rec.terms.items()})
+        values["refine"] = total / len(steps)
     generator.requires_grad_(True)
     return values, preview.detach(), code[:, 0].clone()

@@ -217,11 +217,12 @@ def test_sampler_draws_given_videos_and_names_unknown_ones(micro_dataset):
         sampler.close()
 
 
-def test_code_warm_up_banks_every_video_before_the_first_iteration(micro_dataset, random_prior, tmp_path,
+@pytest.mark.parametrize("pin", [{}, {"pin_mean_windows": 4}])     # the warm-up has nothing to pin
+def test_code_warm_up_banks_every_video_before_the_first_iteration(micro_dataset, random_prior, tmp_path, pin,
                                                                     monkeypatch):
     calls = _spy_iterations(monkeypatch)
     run = tmp_path / "run"
-    cfg = _config(persistent_codes=True, warmup_code_steps=2, lr_code=0.005, warmup_lr_code=0.02)
+    cfg = _config(persistent_codes=True, warmup_code_steps=2, lr_code=0.005, warmup_lr_code=0.02, **pin)
     train_controller(micro_dataset, random_prior, run, cfg, progress=False, identity_encoder=None)
     *warm, first = calls
     assert {c["config"].lr_code for c in warm} == {0.02} and first["config"].lr_code == 0.005
@@ -291,6 +292,39 @@ def test_pin_mean_keeps_the_mean_motion_over_the_reference_windows_at_zero(micro
         with torch.no_grad():
             assert controller(reference).mean(0).abs().max() < 1e-6, name
             assert controller(controller.neutral_window()).abs().max() > 0     # pinned at the mean, not at 0
+
+
+@pytest.mark.parametrize("schedule", ["successive", "joint"])
+def test_differential_grad_teaches_the_controller_only_frame_differences(micro_dataset, random_prior, schedule):
+    """differential_grad: a video whose two frames share one window gives the controller no gradient at all (the
+    shared residual is the code's), through the inversion and the refine step; without it the controller learns.
+    Plain SGD, no weight decay, no pinning: a parameter moves by its (clipped) gradients. (Adam would blow the
+    float rounding of the removed mean, ~1e-9, up to lr-sized steps.)"""
+    from otavatar.training.decouple import _iteration
+    from otavatar.training.losses import LossWeights
+    from otavatar.training.objective import ReconstructionLoss
+
+    models = load_models(random_prior)
+    generator = models.generator
+    batch = _micro_batch(micro_dataset, 2)
+    batch.windows[:, 1] = batch.windows[:, 0]            # same motion input, different images
+    moved = {}
+    for differential in (True, False):
+        controller = _fresh_controller(generator)
+        before = torch.cat([p.detach().flatten().clone() for p in controller.parameters()])
+        cfg = _config(schedule=schedule, inversion_steps=2, controller_steps=1, differential_grad=differential,
+                      lr_controller=1.0, finetune_generator=False)
+        opt_c = torch.optim.SGD(controller.parameters(), lr=1.0)
+        opt_g = torch.optim.Adam(generator.parameters(), lr=0.0)
+        losses = ReconstructionLoss.from_files(generator, identity_encoder=None, weights=LossWeights(),
+                                               sr_perceptual_size=32)
+        values, _, _ = _iteration(generator, controller, losses, batch, cfg, opt_c, opt_g,
+                                  torch.Generator().manual_seed(0))
+        after = torch.cat([p.detach().flatten() for p in controller.parameters()])
+        moved[differential] = float((after - before).abs().max())
+        assert ("pixel_lo_f01" in values) is differential          # one refine step renders both frames
+    assert moved[False] > 1e-3
+    assert moved[True] < 1e-5 * moved[False]
 
 
 @pytest.mark.parametrize("clamp", [5.0, None])
