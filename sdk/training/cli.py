@@ -140,8 +140,8 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
                    "constant offset, which otherwise drifts; see otavatar.training.decouple).")
 @click.option("--pin-mean-motion", "pin_mean_windows", type=click.IntRange(min=0), default=0, show_default=True,
               help="Instead of --pin-neutral-motion: keep the MEAN motion over this many training windows (a fixed "
-                   "sample) at exactly 0 after every controller step (0 = off; it diverged in docs/training.md, "
-                   "round 6).")
+                   "sample) at exactly 0 after every controller step (0 = off; alone it diverged in "
+                   "docs/training.md, round 6; with --differential-grad it is stable, round 7).")
 @click.option("--fresh-controller", is_flag=True,
               help="Start from a new controller even when the --prior file holds one (keep only its generator).")
 @click.option("--finetune-generator/--freeze-generator", default=True, show_default=True,
@@ -153,7 +153,8 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--differential-grad", is_flag=True,
               help="The controller learns only from what differs between a video's two frames: the residual both "
                    "share (the unconverged code's) is removed from its gradient, and the refine step renders both "
-                   "frames together (otavatar.training.decouple).")
+                   "frames together (otavatar.training.decouple). Use with --pin-mean-motion: nothing else holds the "
+                   "shared motion.")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)

@@ -47,7 +47,8 @@ which start from banked codes (round 4: 0.02 then 0.005 did not stop the rise ei
 (`MotionController.pin_mean_`): talking frames are rarely neutral, so a neutral-pinned controller still carries a
 shared offset on every real window. It diverged in both schedules within ~10 iterations (round 6): the gradient's
 demand for a shared offset is never met, so the weights keep growing along it while the bias cancels only its mean,
-and the spread around the mean grows with them. Kept as an option for the record, not recommended.
+and the spread around the mean grows with them. Alone it is not recommended; with `differential_grad` (below) the
+gradient no longer asks for a shared offset, and the pair trained stably (round 7).
 
 `finetune_generator=False` (`--freeze-generator`) trains only the controller in the refine step, so the banked codes
 can go stale only through the controller. Round 6: the successive loss still rose with the generator frozen, so the
@@ -66,7 +67,9 @@ see only the frame-to-frame residual; ~7 code steps on a CPU leave a shared resi
 (round 6: the successive loss rose, and the controller learnt motion that follows each training video). At test
 time only differences of motions matter to first order (the portrait's code is inverted with its own motion
 added), so nothing the projection removes is needed there. The refine step then renders both frames together in
-one step (it needs both frames' gradients), instead of one step per frame.
+one step (it needs both frames' gradients), instead of one step per frame. Nothing in the loss then holds the
+shared motion, so pair it with `pin_mean_windows` (round 7 of docs/training.md: with the neutral pin the motion
+exploded in both schedules, rms 458 after 290 successive iterations; with the mean pin both ran level for 42 min).
 
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
