@@ -597,10 +597,10 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         total = 0.0
         for f, sel in enumerate(steps):
             motion = _motion(controller, windows[sel], config)
-            per_frame = len(sel) // b                        # 1, or 2 frames per video rendered in this step
-            ws = _clamp(code.repeat_interleave(per_frame, dim=0).expand(-1, cfg.num_ws, -1) + motion, w_avg,
+            frames_per_video = len(sel) // b                 # rendered in this step: 1, or both
+            ws = _clamp(code.repeat_interleave(frames_per_video, dim=0).expand(-1, cfg.num_ws, -1) + motion, w_avg,
                         config.clamp)
-            cam = apply_intrinsics(cameras[sel], correction.value.repeat_interleave(per_frame, dim=0)).detach()
+            cam = apply_intrinsics(cameras[sel], correction.value.repeat_interleave(frames_per_video, dim=0)).detach()
             rec = losses(generator, ws, cam, images[sel], landmarks[sel], super_resolve=True)
             dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
             loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv
@@ -614,8 +614,8 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
                 opt_g.step()
             total += float(loss.detach())
             if f == 0:
-                preview = rec.image[::per_frame]
-            suffix = "f01" if per_frame == 2 else f"f{f}"
+                preview = rec.image[::frames_per_video]
+            suffix = "f01" if frames_per_video == 2 else f"f{f}"
             values.update({f"{k}_{suffix}": v for k, v in rec.terms.items()})
         values["refine"] = total / len(steps)
     generator.requires_grad_(True)
