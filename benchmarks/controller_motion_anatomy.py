@@ -19,7 +19,6 @@ Used in docs/training.md (round 6). Only controller forwards: seconds on a CPU.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 
 from otavatar.coeffs import windows
-from otavatar.models import MotionController
 from otavatar.weights import load_models
 
 
@@ -79,18 +77,11 @@ def main() -> None:
     for path in args.weights:
         controller = load_models(path).controller.eval()
         full = anatomy(controller, truth, lmdb_dir, args.split)
-        no_pose = anatomy(_without_pose(controller), truth, lmdb_dir, args.split)
+        no_pose = anatomy(controller.without_pose().eval(), truth, lmdb_dir, args.split)
         report[path] = {"motion": full, "pose_inputs_zeroed": no_pose}
         print(f"{path}\n  motion:          {_fmt(full)}\n  pose zeroed:     {_fmt(no_pose)}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
-
-
-def _without_pose(controller: MotionController) -> MotionController:
-    """The same weights with the 6 pose inputs zeroed (ControllerConfig.use_pose=False)."""
-    no_pose = MotionController(dataclasses.replace(controller.config, use_pose=False))
-    no_pose.load_state_dict(controller.state_dict())
-    return no_pose.eval()
 
 
 def _fmt(r: dict) -> str:

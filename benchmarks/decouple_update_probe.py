@@ -73,7 +73,7 @@ def main() -> None:
         trace = [probe_loss(generator, controller, losses)]
         for batch in batches:
             D._iteration(generator, controller, losses, batch, config, opt_c, opt_g, torch.Generator().manual_seed(0),
-                         bank)
+                         bank, pin=D._pinning(config))
             trace.append(probe_loss(generator, controller, losses))
         print(f"{name:36s} held-in loss: " + " -> ".join(f"{x:.3f}" for x in trace))
 

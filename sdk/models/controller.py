@@ -80,6 +80,14 @@ class MotionController(nn.Module):
     def tiny(cls) -> "MotionController":
         return cls(ControllerConfig.tiny())
 
+    def without_pose(self) -> "MotionController":
+        """A copy with the same weights that ignores the 6 pose inputs (ControllerConfig.use_pose=False)."""
+        from dataclasses import replace
+
+        copy = type(self)(replace(self.config, use_pose=False)).to(next(self.parameters()).device)
+        copy.load_state_dict(self.state_dict())
+        return copy.train(self.training)
+
     def reset_parameters(self) -> None:
         """Training initialisation as published: xavier-normal (gain 0.02) weights, zero biases, N(0,1) basis."""
         for module in self.modules():
@@ -150,6 +158,7 @@ class MotionController(nn.Module):
         instead of the all-zero one. Talking frames are rarely neutral, so a controller pinned at the neutral window
         can still carry a large shared offset on every real window (0.24 per element after 100 CPU iterations,
         against codes spread about 0.3 around w_avg: docs/training.md, round 6); pinned at the mean it cannot.
+        (Training with only this pin diverged; with DecoupleConfig.differential_grad it is stable: round 7.)
         """
         head = self.forward_details(windows).head.mean(0)                       # [(num_ws+1)*K]
         self._out.bias.sub_(head)

@@ -505,8 +505,7 @@ def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: 
 
     lr = config.lr_code if refresh else config.warmup_lr_code or config.lr_code
     code_only = replace(config, inversion_steps=config.warmup_code_steps, controller_steps=0, sr_steps=0,
-                        schedule="successive", refine=False, lr_code=lr, pin_neutral=False,
-                        pin_mean_windows=0)      # no controller step here, so nothing to pin
+                        schedule="successive", refine=False, lr_code=lr)
     videos = sampler.videos
     size = 2 * config.batch
     bank: dict[str, Tensor] = {}
@@ -545,8 +544,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
                opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None, *, pin: Callable | None = None
                ) -> tuple[dict[str, float], Tensor, Tensor]:
     """One iteration -> (logged values, preview images [B,3,R,R], the inverted codes [B,w_dim]).
-    pin: the trainer's _pinning (None: _pinning(config), which knows the neutral pin but not the mean's windows)."""
-    pin = pin if pin is not None else _pinning(config)
+    pin: the re-centring after every controller step, `_pinning(config, sampler)` (None: none)."""
     cfg = generator.config
     b = batch.images.shape[0]
     images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video

@@ -121,13 +121,8 @@ def test_wrong_models_are_refused(tmp_path, tiny_models):
 
 def test_a_controller_without_pose_exports_and_verifies(tmp_path, tiny_models):
     """ControllerConfig.use_pose=False zeroes the pose inputs inside the traced graph: ORT must match torch."""
-    import dataclasses
-
-    from otavatar.models import MotionController
-
     generator, controller = tiny_models
-    no_pose = MotionController(dataclasses.replace(controller.config, use_pose=False))
-    no_pose.load_state_dict(controller.state_dict())
+    no_pose = controller.without_pose()
     report = export_models(tmp_path / "m", generator, no_pose, verify=True)
     assert report.verify["controller"]["2"]["motion"]["max_abs"] < TOLERANCE["fp32"]["atol"]
     assert read_manifest(tmp_path / "m")["controller_config"]["use_pose"] is False

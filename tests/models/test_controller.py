@@ -1,8 +1,6 @@
 """Motion controller behaviour beyond the parity fixture."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -108,8 +106,8 @@ def test_pin_mean_zeroes_the_mean_motion_over_its_windows_and_keeps_every_differ
 def test_use_pose_false_ignores_the_pose_inputs_and_keeps_the_state_dict():
     torch.manual_seed(0)
     with_pose = MotionController.tiny()
-    without = MotionController(dataclasses.replace(with_pose.config, use_pose=False))
-    without.load_state_dict(with_pose.state_dict())              # same keys and shapes
+    without = with_pose.without_pose()                          # same keys and shapes
+    assert without.config.use_pose is False and with_pose.config.use_pose is True
     with torch.no_grad():
         for p in without.parameters():
             p.normal_(std=0.1)
