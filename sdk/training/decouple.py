@@ -91,7 +91,7 @@ from torch import Tensor
 
 from otavatar.training.losses import LossWeights, density_regularizers
 from otavatar.training.objective import IntrinsicsCorrection, ReconstructionLoss, apply_intrinsics
-from otavatar.training.run import RunDir, image_grid, to_uint8
+from otavatar.training.run import RunDir, image_grid, step_streams, to_uint8
 
 __all__ = ["DecoupleConfig", "DecoupleResult", "PairSampler", "train_controller", "SCHEDULES"]
 
@@ -357,8 +357,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         start, seconds = box
     losses = ReconstructionLoss.from_files(generator, vgg_weights=vgg_weights, identity_encoder=identity_encoder,
                                            weights=config.weights, sr_perceptual_size=config.sr_perceptual_size)
-    rng = np.random.default_rng(config.seed * 1000 + rank)     # each process draws its own videos
-    dens_rng = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    rng, dens_rng = step_streams(config.seed * 1000 + rank, start)     # each process draws its own videos
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, local_loss, pixel_loss
 from otavatar.training.multiview import MultiviewSet
-from otavatar.training.run import RunDir, image_grid, to_uint8
+from otavatar.training.run import RunDir, image_grid, step_streams, to_uint8
 
 __all__ = ["PriorConfig", "PriorResult", "train_prior", "prior_identity_codes"]
 
@@ -81,7 +81,6 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         raise ValueError(f"config.views={config.views} but the data has only {data.views} views per frame")
     run = RunDir(out_dir, {"prior": config, "frames": len(data), "resolution": data.resolution}, resume=resume)
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     generator = getattr(TriplaneGenerator, config.preset)().train()
     if generator.config.img_resolution != data.resolution:
         raise ValueError(f"the {config.preset} generator outputs {generator.config.img_resolution}px images but the "
@@ -110,6 +109,7 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         with torch.no_grad():
             codes.copy_(extra["codes"])
         start, seconds = state["step"], state["seconds"]
+    rng, _ = step_streams(config.seed, start)             # frames and views drawn per step
     vgg = vgg19(vgg_weights)
     lowres = PerceptualLoss(vgg, layers=config.perceptual_layers, num_scales=2, style_weight=config.losses.style)
     highres = PerceptualLoss(vgg, layers=config.perceptual_layers, num_scales=2, style_weight=config.losses.style)

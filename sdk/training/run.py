@@ -23,7 +23,16 @@ import torch
 
 from otavatar.fileio import atomic_write
 
-__all__ = ["RunDir", "image_grid", "to_uint8"]
+__all__ = ["RunDir", "image_grid", "step_streams", "to_uint8"]
+
+
+def step_streams(key: int, start: int) -> tuple[np.random.Generator, torch.Generator]:
+    """(numpy, torch) random streams of a run that begins at step `start`. A fresh run (start 0) gets the streams
+    seeded by `key` alone, as before this helper existed, so documented runs draw what they drew. A resumed run gets
+    streams keyed by (key, start): seeded by `key` alone it would replay the batches of step 0 onwards. (Not the
+    draws an uninterrupted run would have continued with: those would need the streams' states checkpointed.)"""
+    seed = key if start == 0 else int(np.random.SeedSequence([key, start]).generate_state(1)[0])
+    return np.random.default_rng(seed), torch.Generator().manual_seed(seed)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

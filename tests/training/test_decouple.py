@@ -149,7 +149,8 @@ def _spy_iterations(monkeypatch):
         before = torch.cat([p.detach().flatten().clone() for p in controller.parameters()])
         out = original(generator, controller, losses, batch, config, opt_c, opt_g, dens_rng, init_codes, **kw)
         calls.append({"videos": list(batch.videos), "starts": {k: v.clone() for k, v in (init_codes or {}).items()},
-                      "final": out[2].clone(), "controller": before, "config": config})
+                      "final": out[2].clone(), "controller": before, "config": config,
+                      "images": batch.images.clone()})
         return out
 
     monkeypatch.setattr(D, "_iteration", spy)
@@ -175,6 +176,8 @@ def test_persistent_codes_continue_each_videos_inversion_and_survive_resume(micr
     third = calls[2]
     for i, video in enumerate(second["videos"]):
         torch.testing.assert_close(third["starts"][video], second["final"][i], atol=0, rtol=0)
+    # the resumed run draws new frames: it does not replay iteration 0's batch (step_streams)
+    assert not torch.equal(third["images"], first["images"])
 
 
 def test_without_persistent_codes_every_inversion_restarts(micro_dataset, random_prior, tmp_path, monkeypatch):

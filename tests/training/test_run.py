@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
 from otavatar.models import MotionController
-from otavatar.training.run import RunDir, image_grid, to_uint8
+from otavatar.training.run import RunDir, image_grid, step_streams, to_uint8
 
 
 @dataclass(frozen=True)
@@ -79,3 +80,14 @@ def test_log_appends_json_lines_and_preview_writes_png(tmp_path):
     grid = image_grid([images, to_uint8(torch.zeros(2, 3, 2, 2))])
     assert grid.shape == (8, 8, 3)
     assert run.preview(7, grid).name == "step_0000007.png"
+
+
+def test_step_streams_keep_a_fresh_runs_draws_and_give_a_resumed_run_new_ones():
+    fresh, fresh_t = step_streams(7, 0)
+    np.testing.assert_array_equal(fresh.integers(1 << 30, size=8), np.random.default_rng(7).integers(1 << 30, size=8))
+    torch.testing.assert_close(torch.rand(4, generator=fresh_t), torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    resumed, resumed_t = step_streams(7, 50)
+    assert not np.array_equal(resumed.integers(1 << 30, size=8), np.random.default_rng(7).integers(1 << 30, size=8))
+    again, _ = step_streams(7, 50)                 # reproducible: the same step resumes with the same draws
+    np.testing.assert_array_equal(again.integers(1 << 30, size=8), step_streams(7, 50)[0].integers(1 << 30, size=8))
+    assert not torch.equal(torch.rand(4, generator=resumed_t), torch.rand(4, generator=torch.Generator().manual_seed(7)))

@@ -51,13 +51,14 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     result = _run(*args)
     assert result.exit_code != 0 and "--init-codes and --multiview go together" in result.output
     result = _run(*args, "--multiview", str(mv), "--persistent-codes", "--fresh-controller", "--warmup-code-steps",
-                  "1", "--warmup-lr-code", "0.03", "--freeze-generator")
+                  "1", "--warmup-lr-code", "0.03", "--freeze-generator", "--ema", "0.99")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ctrl" / "ema.safetensors").is_file()
     recorded = json.loads((tmp_path / "ctrl" / "config.json").read_text())
     assert recorded["decouple"]["persistent_codes"] is True and recorded["fresh_controller"] is True
     assert recorded["decouple"]["warmup_lr_code"] == 0.03
     assert recorded["decouple"]["finetune_generator"] is False
+    assert recorded["decouple"]["ema"] == 0.99
 
 
 def test_package_writes_a_default_model_with_provenance(tmp_path):
