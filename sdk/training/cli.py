@@ -157,7 +157,8 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
                    "shared motion.")
 @click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=0.95, show_default=True,
               help="EMA decay of the controller and generator per iteration (published 0.95 at 32 videos per "
-                   "iteration; a smaller batch averages over fewer videos, docs/training.md round 8).")
+                   "iteration). A slower EMA averages more videos but lags: on a few hundred iterations it stays near "
+                   "the initial controller (docs/training.md, round 8).")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
