@@ -483,6 +483,16 @@ def _motion(controller, windows: Tensor, config: DecoupleConfig) -> Tensor:
     return (pairs - shared + shared.detach()).flatten(0, 1)
 
 
+def _frame_inputs(code: Tensor, motion: Tensor, cameras: Tensor, correction, frames_per_video: int, w_avg: Tensor,
+                  config: DecoupleConfig) -> tuple[Tensor, Tensor]:
+    """(ws [B*F,num_ws,w_dim], cameras [B*F,25]) for F = frames_per_video rendered frames of each video: the video's
+    code [B,1,w_dim] plus each frame's motion, clamped around w_avg, and each frame's camera [B*F,25] with the
+    video's intrinsics correction."""
+    ws = code.repeat_interleave(frames_per_video, dim=0).expand(-1, motion.shape[1], -1) + motion
+    cam = apply_intrinsics(cameras, correction.value.repeat_interleave(frames_per_video, dim=0))
+    return _clamp(ws, w_avg, config.clamp), cam
+
+
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
     """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5).
 
@@ -544,7 +554,6 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
                ) -> tuple[dict[str, float], Tensor, Tensor]:
     """One iteration -> (logged values, preview images [B,3,R,R], the inverted codes [B,w_dim]).
     pin: the re-centring after every controller step, `_pinning(config, sampler)` (None: none)."""
-    cfg = generator.config
     b = batch.images.shape[0]
     images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video
     windows = batch.windows.flatten(0, 1)                # [2B,70,27]
@@ -568,8 +577,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         sr = i >= config.inversion_steps - config.sr_steps
         with torch.set_grad_enabled(train_controller_now):
             motion = _motion(controller, windows, config)                       # [2B,num_ws,w_dim]
-        ws = _clamp(code.repeat_interleave(2, dim=0).expand(-1, cfg.num_ws, -1) + motion, w_avg, config.clamp)
-        cam = apply_intrinsics(cameras, correction.value.repeat_interleave(2, dim=0))   # [2B,25]
+        ws, cam = _frame_inputs(code, motion, cameras, correction, 2, w_avg, config)
         rec = losses(generator, ws, cam, images, landmarks, super_resolve=sr)
         dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
         loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv
@@ -590,14 +598,13 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
     if config.refine:
         generator.requires_grad_(config.finetune_generator)
         # one step per frame (spec 3.4 b); differential_grad needs both frames' gradients, so one step of both
+        frames_per_video = 2 if config.differential_grad else 1
         steps = [torch.arange(2 * b)] if config.differential_grad else [torch.arange(b) * 2 + f for f in range(2)]
         total = 0.0
         for f, sel in enumerate(steps):
             motion = _motion(controller, windows[sel], config)
-            frames_per_video = len(sel) // b                 # rendered in this step: 1, or both
-            ws = _clamp(code.repeat_interleave(frames_per_video, dim=0).expand(-1, cfg.num_ws, -1) + motion, w_avg,
-                        config.clamp)
-            cam = apply_intrinsics(cameras[sel], correction.value.repeat_interleave(frames_per_video, dim=0)).detach()
+            ws, cam = _frame_inputs(code, motion, cameras[sel], correction, frames_per_video, w_avg, config)
+            cam = cam.detach()
             rec = losses(generator, ws, cam, images[sel], landmarks[sel], super_resolve=True)
             dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
             loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv

@@ -83,11 +83,16 @@ def test_log_appends_json_lines_and_preview_writes_png(tmp_path):
 
 
 def test_step_streams_keep_a_fresh_runs_draws_and_give_a_resumed_run_new_ones():
-    fresh, fresh_t = step_streams(7, 0)
-    np.testing.assert_array_equal(fresh.integers(1 << 30, size=8), np.random.default_rng(7).integers(1 << 30, size=8))
-    torch.testing.assert_close(torch.rand(4, generator=fresh_t), torch.rand(4, generator=torch.Generator().manual_seed(7)))
-    resumed, resumed_t = step_streams(7, 50)
-    assert not np.array_equal(resumed.integers(1 << 30, size=8), np.random.default_rng(7).integers(1 << 30, size=8))
-    again, _ = step_streams(7, 50)                 # reproducible: the same step resumes with the same draws
-    np.testing.assert_array_equal(again.integers(1 << 30, size=8), step_streams(7, 50)[0].integers(1 << 30, size=8))
-    assert not torch.equal(torch.rand(4, generator=resumed_t), torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    def draws(streams):
+        numpy_rng, torch_rng = streams
+        return numpy_rng.integers(1 << 30, size=8), torch.rand(4, generator=torch_rng)
+
+    seeded_alone = (np.random.default_rng(7), torch.Generator().manual_seed(7))
+    fresh, reference = draws(step_streams(7, 0)), draws(seeded_alone)
+    np.testing.assert_array_equal(fresh[0], reference[0])
+    torch.testing.assert_close(fresh[1], reference[1])
+    resumed = draws(step_streams(7, 50))
+    assert not np.array_equal(resumed[0], reference[0]) and not torch.equal(resumed[1], reference[1])
+    again = draws(step_streams(7, 50))              # reproducible: the same step resumes with the same draws
+    np.testing.assert_array_equal(again[0], resumed[0])
+    torch.testing.assert_close(again[1], resumed[1])
