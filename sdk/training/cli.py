@@ -269,6 +269,33 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
 
 
+@train.command("compare")
+@click.argument("report_a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("report_b", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
+def compare(report_a: str, report_b: str, json_out: str | None) -> None:
+    """Paired comparison of two `train evaluate --json-out` reports on the same pairs (A - B, its SE, verdict)."""
+    from dataclasses import asdict
+
+    from otavatar.training.compare import compare_reports, comparison_table
+
+    reports = []
+    for path in (report_a, report_b):
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except ValueError as e:
+            raise click.ClickException(f"{path}: not JSON: {e}") from None
+    try:
+        rows = compare_reports(*reports)
+    except (KeyError, TypeError) as e:
+        raise click.ClickException(f"not an evaluate report (missing or malformed {e})") from None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(comparison_table(rows, Path(report_a).stem, Path(report_b).stem))
+    if json_out:
+        Path(json_out).write_text(json.dumps([{**asdict(r), "z": r.z, "verdict": r.verdict} for r in rows], indent=2))
+
+
 @train.command("package")
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A controller run's ema.safetensors (generator + controller).")

@@ -1,0 +1,116 @@
+"""Paired comparison of reenactment reports: the arithmetic, the verdicts and the refusals."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from otavatar.cli import main
+from otavatar.synthetic import CONTROLS
+from otavatar.training.compare import compare_reports, comparison_table
+
+
+def _report(akd, aed_controls, psnr=None, readable=("jaw_open",), frames=32, resolution=128):
+    """A report dict as `train evaluate --json-out` writes it, one pair per value."""
+    pairs = []
+    for i, (k, c) in enumerate(zip(akd, aed_controls)):
+        pairs.append({"source": f"s{i}", "driver": f"d{i}", "frames": frames, "akd": k,
+                      "psnr": 20.0 if psnr is None else psnr[i], "ssim": 0.75, "aed": float(np.mean(c)),
+                      "aed_controls": list(c)})
+    return {"frames": frames, "resolution": resolution, "pairs": pairs, "readable_controls": list(readable)}
+
+
+def _controls(jaw, rest=0.1):
+    return [jaw if name == "jaw_open" else rest for name in CONTROLS]
+
+
+def _row(rows, metric):
+    return next(r for r in rows if r.metric == metric)
+
+
+def test_paired_difference_standard_error_and_wins():
+    a = _report([4.0, 5.0, 6.0, 7.0], [_controls(0.10)] * 4)
+    b = _report([4.5, 5.4, 6.6, 7.3], [_controls(0.12)] * 4)
+    akd = _row(compare_reports(a, b), "akd")
+    diff = np.array([-0.5, -0.4, -0.6, -0.3])
+    assert akd.difference == pytest.approx(diff.mean())
+    assert akd.standard_error == pytest.approx(diff.std(ddof=1) / 2)       # sqrt(4 pairs)
+    assert akd.a_better == 4 and akd.pairs == 4 and akd.verdict == "A better"
+    assert akd.mean_a == pytest.approx(5.5) and akd.mean_b == pytest.approx(5.95)
+    # the unpaired spread (1.3 px) would call this noise; paired, z is about -9
+    assert akd.z < -5
+
+
+def test_readable_aed_uses_only_the_readable_controls():
+    a = _report([4.0, 4.0, 4.0], [_controls(0.10, rest=0.9), _controls(0.11, rest=0.9), _controls(0.12, rest=0.9)])
+    b = _report([4.0, 4.0, 4.0], [_controls(0.20, rest=0.0), _controls(0.22, rest=0.0), _controls(0.21, rest=0.0)])
+    rows = compare_reports(a, b)
+    readable = _row(rows, "aed_readable")
+    assert readable.difference == pytest.approx(np.mean([-0.10, -0.11, -0.09]))
+    assert readable.verdict == "A better"
+    assert _row(rows, "aed").verdict == "B better"                         # the unreadable controls dominate aed
+    assert _row(rows, "akd").verdict == "within noise" and _row(rows, "akd").z == 0.0
+
+
+def test_noisy_difference_is_within_noise_and_higher_is_better_for_psnr():
+    a = _report([4.0] * 4, [_controls(0.1)] * 4, psnr=[20.0, 21.0, 19.0, 20.5])
+    b = _report([4.0] * 4, [_controls(0.1)] * 4, psnr=[20.5, 20.0, 19.5, 20.0])
+    psnr = _row(compare_reports(a, b), "psnr")
+    assert psnr.a_better == 2 and psnr.verdict == "within noise"
+    a2 = _report([4.0] * 3, [_controls(0.1)] * 3, psnr=[21.0, 21.2, 21.1])
+    b2 = _report([4.0] * 3, [_controls(0.1)] * 3, psnr=[20.0, 20.1, 20.0])
+    assert _row(compare_reports(a2, b2), "psnr").verdict == "A better"
+    assert _row(compare_reports(b2, a2), "psnr").verdict == "B better"
+
+
+def test_infinite_psnr_and_a_single_pair_give_no_verdict():
+    a = _report([4.0], [_controls(0.1)], psnr=["inf"])
+    b = _report([4.0], [_controls(0.1)], psnr=[20.0])
+    psnr = _row(compare_reports(a, b), "psnr")
+    assert math.isnan(psnr.standard_error) and psnr.verdict == "within noise"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(frames=16), "differ in frames"),
+    (lambda r: r.update(resolution=64), "differ in resolution"),
+    (lambda r: r["pairs"][0].update(driver="other"), "different pairs"),
+    (lambda r: r.update(pairs=[]), "has no pairs"),
+])
+def test_mismatched_reports_are_refused(change, message):
+    a = _report([4.0, 5.0], [_controls(0.1)] * 2)
+    b = _report([4.0, 5.0], [_controls(0.1)] * 2)
+    change(b)
+    with pytest.raises(ValueError, match=message):
+        compare_reports(a, b)
+
+
+def test_unknown_metric_is_refused():
+    a = _report([4.0, 5.0], [_controls(0.1)] * 2)
+    with pytest.raises(ValueError, match="unknown metric"):
+        compare_reports(a, a, metrics=["fid"])
+
+
+def test_cli_prints_a_table_and_writes_json(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)))
+    b.write_text(json.dumps(_report([4.2, 5.3, 6.1], [_controls(0.1)] * 3)))
+    out = tmp_path / "cmp.json"
+    result = CliRunner().invoke(main, ["train", "compare", str(a), str(b), "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| akd ↓ | 5.0000 | 5.2000 | -0.2000 |" in result.output and "A better in" in result.output
+    rows = {r["metric"]: r for r in json.loads(out.read_text())}
+    assert rows["akd"]["a_better"] == 3 and rows["akd"]["verdict"] in ("A better", "within noise")
+    (tmp_path / "bad.json").write_text("{")
+    result = CliRunner().invoke(main, ["train", "compare", str(a), str(tmp_path / "bad.json")])
+    assert result.exit_code != 0 and "not JSON" in result.output
+    (tmp_path / "other.json").write_text(json.dumps({"pairs": [{"source": "x"}], "frames": 32, "resolution": 128}))
+    result = CliRunner().invoke(main, ["train", "compare", str(a), str(tmp_path / "other.json")])
+    assert result.exit_code != 0 and "Error" in result.output and "Traceback" not in result.output
+
+
+def test_table_has_one_row_per_metric():
+    a = _report([4.0, 5.0], [_controls(0.1)] * 2)
+    assert comparison_table(compare_reports(a, a)).count("\n") == 2 + 4
