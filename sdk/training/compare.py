@@ -19,11 +19,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from otavatar.training.metrics import LANDMARK_REGIONS
+
 __all__ = ["MetricDifference", "compare_reports", "comparison_table", "METRICS", "Z_95"]
 
 # metric -> higher is better. "aed_readable" is per pair the mean of aed_controls over the report's readable
-# controls (with equal frames per pair that is what the report's pooled aed_readable averages).
-METRICS: dict[str, bool] = {"psnr": True, "ssim": True, "akd": False, "aed": False, "aed_readable": False}
+# controls (with equal frames per pair that is what the report's pooled aed_readable averages); "akd_<region>"
+# is the mean of akd_landmarks over that region (reports written before akd_landmarks existed have none).
+METRICS: dict[str, bool] = {"psnr": True, "ssim": True, "akd": False, "aed": False, "aed_readable": False,
+                            **{f"akd_{region}": False for region in LANDMARK_REGIONS}}
 Z_95 = 1.96
 
 
@@ -60,7 +64,11 @@ def _per_pair(report: Mapping[str, Any], metric: str, readable_index: Sequence[i
     out = {}
     for p in report["pairs"]:
         key = (str(p["source"]), str(p["driver"]))
-        if metric == "aed_readable":
+        if metric.startswith("akd_"):
+            if not p.get("akd_landmarks"):
+                raise ValueError(f"{metric} needs per-landmark AKD (akd_landmarks), which this report lacks")
+            out[key] = float(np.mean([p["akd_landmarks"][i] for i in LANDMARK_REGIONS[metric[4:]]]))
+        elif metric == "aed_readable":
             out[key] = float(np.mean([p["aed_controls"][i] for i in readable_index])) if readable_index else math.nan
         else:
             out[key] = float(p[metric])     # to_dict writes infinite PSNR as "inf": float() reads it
@@ -68,8 +76,10 @@ def _per_pair(report: Mapping[str, Any], metric: str, readable_index: Sequence[i
 
 
 def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
-                    metrics: Sequence[str] = tuple(METRICS)) -> list[MetricDifference]:
+                    metrics: Sequence[str] | None = None) -> list[MetricDifference]:
     """One MetricDifference per metric for report A against report B (dicts as written by --json-out).
+
+    metrics: None = every metric both reports can give (the regional AKDs only when both hold akd_landmarks).
 
     Both must hold the same (source, driver) pairs, the same frames per pair and the same resolution; otherwise
     the comparison would mix pair difficulty into the difference, so it raises ValueError naming what differs.
@@ -88,6 +98,9 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
         only_a, only_b = sorted(set(keys_a) - keys_b), sorted(keys_b - set(keys_a))
         raise ValueError(f"the reports are on different pairs: only in A {only_a[:3]}, only in B {only_b[:3]} "
                          f"({len(only_a)} and {len(only_b)} in all)")
+    if metrics is None:
+        regional = all(p.get("akd_landmarks") for r in (a, b) for p in r["pairs"])
+        metrics = [m for m in METRICS if regional or not m.startswith("akd_")]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")

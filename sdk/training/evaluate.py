@@ -7,6 +7,8 @@ identity performing d's motion from d's cameras (synthetic.render), at the gener
 
     PSNR, SSIM        generated vs ground-truth frames (otavatar.training.metrics; per frame, then averaged)
     AKD               FaceProbe landmarks of the generated frames vs the TRUE landmarks of the ground truth (px)
+    AKD per region    the same over the jaw line, brows, nose, eyes or mouth (mean["akd_mouth"] etc.; per pair,
+                      akd_landmarks holds all 68): expression moves the jaw and mouth, identity and pose the rest
     AED               FaceProbe controls of the generated frames vs the driver's TRUE controls (L1, 8 controls)
     floor AKD / AED   the same probe on the ground-truth frames themselves: what the metric cannot resolve
     AED (readable)    AED over the controls the probe can read: those whose floor error, pooled over every
@@ -33,7 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from otavatar.training.metrics import expression_error_per_control, landmark_distance, psnr, ssim
+from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error_per_control, landmark_distance_per_point,
+                                       psnr, ssim)
 
 __all__ = ["PairResult", "ReenactmentReport", "evaluate_reenactment", "default_pairs", "MODES", "READABLE_RATIO"]
 
@@ -62,6 +65,8 @@ class PairResult:
     inversion_seconds: float
     render_seconds: float
     inversion_loss: float | None = None
+    akd_landmarks: list[float] = field(default_factory=list)        # [68] per-landmark AKD (its mean is akd)
+    floor_akd_landmarks: list[float] = field(default_factory=list)  # [68] the probe on the truth
 
 
 @dataclass
@@ -215,17 +220,20 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
                                  f"{list(gt.images.shape)}")
             p_gen, p_gt = probe.predict(generated), probe.predict(gt.images)
             aed_c = expression_error_per_control(p_gen.controls, gt.controls)        # [8]
+            akd_k = landmark_distance_per_point(p_gen.landmarks, gt.landmarks)      # [68]
+            floor_k = landmark_distance_per_point(p_gt.landmarks, gt.landmarks)
             floor_c = expression_error_per_control(p_gt.controls, gt.controls)
             frame_psnr = [psnr(a, b) for a, b in zip(generated, gt.images)]
             losses = getattr(result, "losses", None)
             pr = PairResult(
                 source=s, driver=d, frames=t, psnr=float(np.mean(frame_psnr)),
                 ssim=float(np.mean([ssim(a, b) for a, b in zip(generated, gt.images)])),
-                akd=landmark_distance(p_gen.landmarks, gt.landmarks), aed=float(aed_c.mean()),
-                floor_akd=landmark_distance(p_gt.landmarks, gt.landmarks), floor_aed=float(floor_c.mean()),
+                akd=float(akd_k.mean()), aed=float(aed_c.mean()),
+                floor_akd=float(floor_k.mean()), floor_aed=float(floor_c.mean()),
                 aed_controls=aed_c.tolist(), floor_aed_controls=floor_c.tolist(),
                 inversion_seconds=t1 - t0, render_seconds=t2 - t1,
-                inversion_loss=float(losses[-1]) if losses else None)
+                inversion_loss=float(losses[-1]) if losses else None,
+                akd_landmarks=akd_k.tolist(), floor_akd_landmarks=floor_k.tolist())
             results.append(pr)
             gen_controls.append(p_gen.controls)
             floor_controls.append(p_gt.controls)
@@ -238,6 +246,9 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
     if bar is not None:
         bar.close()
     mean = {k: float(np.mean([getattr(p, k) for p in results])) for k in _METRICS}
+    for region, points in LANDMARK_REGIONS.items():          # akd_mouth etc.: where expression shows
+        for key, column in ((f"akd_{region}", "akd_landmarks"), (f"floor_akd_{region}", "floor_akd_landmarks")):
+            mean[key] = float(np.mean([np.mean(np.asarray(getattr(p, column))[list(points)]) for p in results]))
     controls, readable = _readable_controls(np.concatenate(gen_controls), np.concatenate(floor_controls),
                                             np.concatenate(true_controls))
     for key, column in (("aed_readable", "aed"), ("floor_aed_readable", "floor")):

@@ -93,12 +93,24 @@ def ssim(a: ArrayLike, b: ArrayLike) -> float:
 def landmark_distance(pred: ArrayLike, truth: ArrayLike) -> float:
     """AKD-like: mean Euclidean distance (in the inputs' units, e.g. pixels) between matching landmarks.
     pred, truth: [N,68,2] (or [68,2])."""
+    return float(landmark_distance_per_point(pred, truth).mean())
+
+
+# The 68-point (iBUG) layout's regions. Expression moves the jaw line and the mouth; the rest of the face moves
+# with identity and pose, so AKD over all 68 points mostly measures those.
+LANDMARK_REGIONS: dict[str, range] = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36),
+                                      "eyes": range(36, 48), "mouth": range(48, 68)}
+
+
+def landmark_distance_per_point(pred: ArrayLike, truth: ArrayLike) -> NDArray[np.float64]:
+    """Mean Euclidean distance of each landmark over frames -> [K]. pred, truth: [N,K,2] (or [K,2])."""
     p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     if p.shape != t.shape or p.ndim not in (2, 3) or p.shape[-1] != 2:
         raise ValueError(f"pred and truth must both be [N,K,2] (or [K,2]); got {list(p.shape)} and {list(t.shape)}")
     if not (np.isfinite(p).all() and np.isfinite(t).all()):
         raise ValueError("landmarks have non-finite values")
-    return float(np.linalg.norm(p - t, axis=-1).mean())
+    d = np.linalg.norm(p - t, axis=-1)
+    return d.reshape(-1, d.shape[-1]).mean(0)
 
 
 def expression_error(pred: ArrayLike, truth: ArrayLike) -> float:

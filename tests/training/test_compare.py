@@ -87,6 +87,22 @@ def test_mismatched_reports_are_refused(change, message):
         compare_reports(a, b)
 
 
+def test_regional_akd_only_when_both_reports_hold_per_landmark_distances():
+    a = _report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)
+    b = _report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)
+    for report, mouth in ((a, [3.0, 3.2, 3.1]), (b, [4.0, 4.1, 4.3])):
+        for pair, m in zip(report["pairs"], mouth):
+            pair["akd_landmarks"] = [pair["akd"]] * 48 + [m] * 20
+    rows = compare_reports(a, b)
+    mouth = _row(rows, "akd_mouth")
+    assert mouth.difference == pytest.approx(np.mean([-1.0, -0.9, -1.2])) and mouth.verdict == "A better"
+    assert _row(rows, "akd_jaw").difference == 0.0
+    del b["pairs"][0]["akd_landmarks"]
+    assert not any(r.metric.startswith("akd_") for r in compare_reports(a, b))
+    with pytest.raises(ValueError, match="akd_landmarks"):
+        compare_reports(a, b, metrics=["akd_mouth"])
+
+
 def test_unknown_metric_is_refused():
     a = _report([4.0, 5.0], [_controls(0.1)] * 2)
     with pytest.raises(ValueError, match="unknown metric"):

@@ -99,6 +99,9 @@ def test_perfect_renderer_hits_the_probe_floor(micro, generator, probe):
     assert "AED over the controls the probe reads" in table
     assert set(report.controls) == set(CONTROLS) and len(pair.aed_controls) == len(CONTROLS)
     assert np.mean(pair.aed_controls) == pytest.approx(pair.aed)
+    assert len(pair.akd_landmarks) == 68 and np.mean(pair.akd_landmarks) == pytest.approx(pair.akd)
+    assert report.mean["akd_mouth"] == pytest.approx(np.mean(pair.akd_landmarks[48:]))
+    assert report.mean["floor_akd_jaw"] == pytest.approx(np.mean(pair.floor_akd_landmarks[:17]))
     assert set(report.readable_controls) <= set(CONTROLS)
 
 

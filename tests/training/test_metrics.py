@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from otavatar.training.metrics import expression_error, landmark_distance, psnr, ssim
+from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error, landmark_distance,
+                                       landmark_distance_per_point, psnr, ssim)
 
 
 @pytest.fixture
@@ -55,6 +56,12 @@ def test_landmark_and_expression_error():
     p[..., 1] += 4.0
     assert landmark_distance(p, t) == pytest.approx(5.0)
     assert landmark_distance(t, t) == 0.0
+    p[1, 50] += [6.0, 8.0]                        # one mouth point off by 10 more px in one of the 2 frames
+    per_point = landmark_distance_per_point(p, t)
+    assert per_point.shape == (68,) and per_point[50] == pytest.approx(10.0) and per_point[0] == pytest.approx(5.0)
+    assert landmark_distance(p, t) == pytest.approx(per_point.mean())
+    assert landmark_distance_per_point(p[0], t[0]).shape == (68,)
+    assert sorted(i for r in LANDMARK_REGIONS.values() for i in r) == list(range(68))
     c = np.zeros((3, 8))
     assert expression_error(c + 0.25, c) == pytest.approx(0.25)
     assert expression_error(c[0], c[0] - 1) == pytest.approx(1.0)
