@@ -275,8 +275,6 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 def compare(report_a: str, report_b: str, json_out: str | None) -> None:
     """Paired comparison of two `train evaluate --json-out` reports on the same pairs (A - B, its SE, verdict)."""
-    from dataclasses import asdict
-
     from otavatar.training.compare import compare_reports, comparison_table
 
     reports = []
@@ -293,7 +291,7 @@ def compare(report_a: str, report_b: str, json_out: str | None) -> None:
         raise click.ClickException(str(e)) from None
     click.echo(comparison_table(rows, Path(report_a).stem, Path(report_b).stem))
     if json_out:
-        Path(json_out).write_text(json.dumps([{**asdict(r), "z": r.z, "verdict": r.verdict} for r in rows], indent=2))
+        Path(json_out).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
 
 
 @train.command("package")

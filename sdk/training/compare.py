@@ -14,7 +14,7 @@ and in how many pairs A is the better one. |z| >= 1.96 is called a difference (a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -49,6 +49,12 @@ class MetricDifference:
         if self.standard_error == 0.0:
             return 0.0 if self.difference == 0.0 else math.copysign(math.inf, self.difference)
         return self.difference / self.standard_error
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, with z and the verdict; non-finite numbers as "inf" / "-inf" / "nan" (as reports write)."""
+        def clean(v):
+            return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+        return {k: clean(v) for k, v in {**asdict(self), "z": self.z, "verdict": self.verdict}.items()}
 
     @property
     def verdict(self) -> str:
@@ -91,11 +97,12 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
         if a.get(field) != b.get(field):
             raise ValueError(f"the reports differ in {field}: A {a.get(field)!r}, B {b.get(field)!r}")
     keys_a = [(str(p["source"]), str(p["driver"])) for p in a["pairs"]]
-    keys_b = {(str(p["source"]), str(p["driver"])) for p in b["pairs"]}
-    if len(set(keys_a)) != len(keys_a):
-        raise ValueError("report A lists a (source, driver) pair twice")
-    if set(keys_a) != keys_b:
-        only_a, only_b = sorted(set(keys_a) - keys_b), sorted(keys_b - set(keys_a))
+    keys_b = [(str(p["source"]), str(p["driver"])) for p in b["pairs"]]
+    for name, keys in (("A", keys_a), ("B", keys_b)):
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"report {name} lists a (source, driver) pair twice")
+    if set(keys_a) != set(keys_b):
+        only_a, only_b = sorted(set(keys_a) - set(keys_b)), sorted(set(keys_b) - set(keys_a))
         raise ValueError(f"the reports are on different pairs: only in A {only_a[:3]}, only in B {only_b[:3]} "
                          f"({len(only_a)} and {len(only_b)} in all)")
     if metrics is None:

@@ -71,6 +71,8 @@ def test_infinite_psnr_and_a_single_pair_give_no_verdict():
     b = _report([4.0], [_controls(0.1)], psnr=[20.0])
     psnr = _row(compare_reports(a, b), "psnr")
     assert math.isnan(psnr.standard_error) and psnr.verdict == "within noise"
+    assert psnr.to_dict()["standard_error"] == "nan" and psnr.to_dict()["difference"] == "inf"
+    json.dumps(psnr.to_dict(), allow_nan=False)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -78,6 +80,7 @@ def test_infinite_psnr_and_a_single_pair_give_no_verdict():
     (lambda r: r.update(resolution=64), "differ in resolution"),
     (lambda r: r["pairs"][0].update(driver="other"), "different pairs"),
     (lambda r: r.update(pairs=[]), "has no pairs"),
+    (lambda r: r["pairs"].append(dict(r["pairs"][0])), "report B lists a"),
 ])
 def test_mismatched_reports_are_refused(change, message):
     a = _report([4.0, 5.0], [_controls(0.1)] * 2)
@@ -118,7 +121,8 @@ def test_cli_prints_a_table_and_writes_json(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| akd ↓ | 5.0000 | 5.2000 | -0.2000 |" in result.output and "A better in" in result.output
     rows = {r["metric"]: r for r in json.loads(out.read_text())}
-    assert rows["akd"]["a_better"] == 3 and rows["akd"]["verdict"] in ("A better", "within noise")
+    assert rows["akd"]["a_better"] == 3 and rows["akd"]["verdict"] == "A better"          # z = -0.2 / 0.058
+    assert rows["psnr"]["z"] == 0.0 and rows["psnr"]["verdict"] == "within noise"
     (tmp_path / "bad.json").write_text("{")
     result = CliRunner().invoke(main, ["train", "compare", str(a), str(tmp_path / "bad.json")])
     assert result.exit_code != 0 and "not JSON" in result.output
