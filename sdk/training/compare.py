@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from otavatar.training.metrics import LANDMARK_REGIONS
+from otavatar.training.evaluate import json_safe
+from otavatar.training.metrics import LANDMARK_REGIONS, region_means
 
 __all__ = ["MetricDifference", "compare_reports", "comparison_table", "METRICS", "Z_95"]
 
@@ -52,9 +53,7 @@ class MetricDifference:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, with z and the verdict; non-finite numbers as "inf" / "-inf" / "nan" (as reports write)."""
-        def clean(v):
-            return v if not isinstance(v, float) or math.isfinite(v) else str(v)
-        return {k: clean(v) for k, v in {**asdict(self), "z": self.z, "verdict": self.verdict}.items()}
+        return json_safe({**asdict(self), "z": self.z, "verdict": self.verdict})
 
     @property
     def verdict(self) -> str:
@@ -73,7 +72,7 @@ def _per_pair(report: Mapping[str, Any], metric: str, readable_index: Sequence[i
         if metric.startswith("akd_"):
             if not p.get("akd_landmarks"):
                 raise ValueError(f"{metric} needs per-landmark AKD (akd_landmarks), which this report lacks")
-            out[key] = float(np.mean([p["akd_landmarks"][i] for i in LANDMARK_REGIONS[metric[4:]]]))
+            out[key] = region_means(p["akd_landmarks"])[metric[4:]]
         elif metric == "aed_readable":
             out[key] = float(np.mean([p["aed_controls"][i] for i in readable_index])) if readable_index else math.nan
         else:
@@ -115,7 +114,8 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
 
     # readable controls are chosen from the ground truth alone, so the same pairs give the same list; if two
     # probe versions disagree, compare on the controls both read
-    readable = [c for c in a.get("readable_controls", []) if c in set(b.get("readable_controls", []))]
+    read_by_b = set(b.get("readable_controls", []))
+    readable = [c for c in a.get("readable_controls", []) if c in read_by_b]
     readable_index = [CONTROLS.index(c) for c in readable]
     rows = []
     for metric in metrics:

@@ -36,9 +36,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error_per_control, landmark_distance_per_point,
-                                       psnr, ssim)
+                                       psnr, region_means, ssim)
 
-__all__ = ["PairResult", "ReenactmentReport", "evaluate_reenactment", "default_pairs", "MODES", "READABLE_RATIO"]
+__all__ = ["PairResult", "ReenactmentReport", "evaluate_reenactment", "default_pairs", "json_safe", "MODES",
+           "READABLE_RATIO"]
 
 MODES = ("controller", "static")
 _METRICS = ("psnr", "ssim", "akd", "aed", "floor_akd", "floor_aed")
@@ -84,15 +85,7 @@ class ReenactmentReport:
 
     def to_dict(self) -> dict:
         """JSON-safe (infinite PSNR written as the string "inf")."""
-        def clean(v):
-            if isinstance(v, float) and not math.isfinite(v):
-                return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [clean(x) for x in v]
-            return v
-        return clean(asdict(self))
+        return json_safe(asdict(self))
 
     def table(self) -> str:
         """Markdown table: one row per pair and the mean."""
@@ -111,6 +104,17 @@ class ReenactmentReport:
             rows.append("\nAED over the controls the probe reads: none (on the ground truth the probe does no better "
                         "than a constant for any control, so AED cannot rank these models)")
         return "\n".join([head, *rows])
+
+
+def json_safe(v: Any) -> Any:
+    """v with every non-finite float (nested in dicts, lists, tuples) as the string "inf", "-inf" or "nan"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
 
 
 def default_pairs(truth: Any, videos_per_subject: int = 1) -> list[tuple[str, str]]:
@@ -246,9 +250,10 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
     if bar is not None:
         bar.close()
     mean = {k: float(np.mean([getattr(p, k) for p in results])) for k in _METRICS}
-    for region, points in LANDMARK_REGIONS.items():          # akd_mouth etc.: where expression shows
-        for key, column in ((f"akd_{region}", "akd_landmarks"), (f"floor_akd_{region}", "floor_akd_landmarks")):
-            mean[key] = float(np.mean([np.mean(np.asarray(getattr(p, column))[list(points)]) for p in results]))
+    for prefix, column in (("akd_", "akd_landmarks"), ("floor_akd_", "floor_akd_landmarks")):
+        regions = [region_means(getattr(p, column)) for p in results]     # akd_mouth etc.: where expression shows
+        for region in LANDMARK_REGIONS:
+            mean[prefix + region] = float(np.mean([r[region] for r in regions]))
     controls, readable = _readable_controls(np.concatenate(gen_controls), np.concatenate(floor_controls),
                                             np.concatenate(true_controls))
     for key, column in (("aed_readable", "aed"), ("floor_aed_readable", "floor")):

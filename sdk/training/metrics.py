@@ -113,6 +113,14 @@ def landmark_distance_per_point(pred: ArrayLike, truth: ArrayLike) -> NDArray[np
     return d.reshape(-1, d.shape[-1]).mean(0)
 
 
+def region_means(per_point: ArrayLike) -> dict[str, float]:
+    """Mean of a per-landmark value [68] (e.g. landmark_distance_per_point) over each of LANDMARK_REGIONS."""
+    v = np.asarray(per_point, dtype=np.float64)
+    if v.shape != (68,):
+        raise ValueError(f"per_point must be [68], got {list(v.shape)}")
+    return {region: float(v[list(points)].mean()) for region, points in LANDMARK_REGIONS.items()}
+
+
 def expression_error(pred: ArrayLike, truth: ArrayLike) -> float:
     """AED-like: mean absolute difference of SynthHeads' 8 semantic controls. pred, truth: [N,8] (or [8])."""
     return float(expression_error_per_control(pred, truth).mean())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error, landmark_distance,
-                                       landmark_distance_per_point, psnr, ssim)
+                                       landmark_distance_per_point, psnr, region_means, ssim)
 
 
 @pytest.fixture
@@ -62,6 +62,9 @@ def test_landmark_and_expression_error():
     assert landmark_distance(p, t) == pytest.approx(per_point.mean())
     assert landmark_distance_per_point(p[0], t[0]).shape == (68,)
     assert sorted(i for r in LANDMARK_REGIONS.values() for i in r) == list(range(68))
+    assert region_means(per_point)["mouth"] == pytest.approx(5.0 + 5.0 / 20)    # point 50's 10 px among 20
+    with pytest.raises(ValueError, match=r"\[68\]"):
+        region_means(per_point[:10])
     c = np.zeros((3, 8))
     assert expression_error(c + 0.25, c) == pytest.approx(0.25)
     assert expression_error(c[0], c[0] - 1) == pytest.approx(1.0)
