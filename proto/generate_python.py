@@ -2,8 +2,10 @@
 
     python proto/generate_python.py            # rewrite sdk/server/_proto/avatar_pb2{,_grpc}.py{,i}
 
-Needs grpcio-tools (a dev dependency). The stubs live flat in otavatar.server._proto, so the one absolute
-import protoc writes into the gRPC module (`from avatar.v1 import avatar_pb2`) becomes a relative one.
+Needs grpcio-tools at exactly GRPCIO_TOOLS_VERSION (the dev extra pins it): protoc stamps its own version
+into the stubs, so another release rewrites them although the proto did not change. The stubs live flat in
+otavatar.server._proto, so the one absolute import protoc writes into the gRPC module
+(`from avatar.v1 import avatar_pb2`) becomes a relative one.
 tests/server/test_proto.py regenerates into a temporary folder and checks the committed files are identical.
 """
 from __future__ import annotations
@@ -19,12 +21,19 @@ STUB_DIR = ROOT / "sdk" / "server" / "_proto"
 FILES = ("avatar_pb2.py", "avatar_pb2.pyi", "avatar_pb2_grpc.py")
 _ABSOLUTE = "from avatar.v1 import avatar_pb2 as"
 _RELATIVE = "from . import avatar_pb2 as"
+GRPCIO_TOOLS_VERSION = "1.85.1"     # = pyproject's dev pin; the committed stubs require grpcio >= this at import
 
 
 def generate(out_dir: str | Path) -> list[Path]:
     """Write the stubs into `out_dir` (flat); returns the files written."""
+    from importlib.metadata import version
+
     from grpc_tools import protoc
 
+    installed = version("grpcio-tools")
+    if installed != GRPCIO_TOOLS_VERSION:
+        raise RuntimeError(f"grpcio-tools {installed} is installed; the stubs are generated with "
+                           f"{GRPCIO_TOOLS_VERSION}: pip install grpcio-tools=={GRPCIO_TOOLS_VERSION}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
