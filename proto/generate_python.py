@@ -2,14 +2,15 @@
 
     python proto/generate_python.py            # rewrite sdk/server/_proto/avatar_pb2{,_grpc}.py{,i}
 
-Needs grpcio-tools at exactly GRPCIO_TOOLS_VERSION (the dev extra pins it): protoc stamps its own version
-into the stubs, so another release rewrites them although the proto did not change. The stubs live flat in
+Needs grpcio-tools at exactly the version pyproject.toml's dev extra pins: protoc stamps its own version into
+the stubs, so another release rewrites them although the proto did not change. The stubs live flat in
 otavatar.server._proto, so the one absolute import protoc writes into the gRPC module
 (`from avatar.v1 import avatar_pb2`) becomes a relative one.
 tests/server/test_proto.py regenerates into a temporary folder and checks the committed files are identical.
 """
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +22,15 @@ STUB_DIR = ROOT / "sdk" / "server" / "_proto"
 FILES = ("avatar_pb2.py", "avatar_pb2.pyi", "avatar_pb2_grpc.py")
 _ABSOLUTE = "from avatar.v1 import avatar_pb2 as"
 _RELATIVE = "from . import avatar_pb2 as"
-GRPCIO_TOOLS_VERSION = "1.85.1"     # = pyproject's dev pin; the committed stubs require grpcio >= this at import
+PYPROJECT = ROOT / "pyproject.toml"
+
+
+def pinned_grpcio_tools() -> str:
+    """The grpcio-tools version pyproject.toml pins (`grpcio-tools==X`); the committed stubs require grpcio >= X."""
+    found = re.search(r'"grpcio-tools==([^"]+)"', PYPROJECT.read_text())
+    if found is None:
+        raise RuntimeError(f"{PYPROJECT}: no \"grpcio-tools==<version>\" pin in the dev extra")
+    return found.group(1)
 
 
 def generate(out_dir: str | Path) -> list[Path]:
@@ -30,10 +39,10 @@ def generate(out_dir: str | Path) -> list[Path]:
 
     from grpc_tools import protoc
 
-    installed = version("grpcio-tools")
-    if installed != GRPCIO_TOOLS_VERSION:
-        raise RuntimeError(f"grpcio-tools {installed} is installed; the stubs are generated with "
-                           f"{GRPCIO_TOOLS_VERSION}: pip install grpcio-tools=={GRPCIO_TOOLS_VERSION}")
+    installed, pinned = version("grpcio-tools"), pinned_grpcio_tools()
+    if installed != pinned:
+        raise RuntimeError(f"grpcio-tools {installed} is installed; the stubs are generated with {pinned}: "
+                           f"pip install grpcio-tools=={pinned}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
