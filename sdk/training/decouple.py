@@ -71,6 +71,11 @@ one step (it needs both frames' gradients), instead of one step per frame. Nothi
 shared motion, so pair it with `pin_mean_windows` (round 7 of docs/training.md: with the neutral pin the motion
 exploded in both schedules, rms 458 after 290 successive iterations; with the mean pin both ran level for 42 min).
 
+`spike_guard=3.0` (the default; None turns it off) rolls back an iteration whose loss is non-finite or above 3x the
+median of the last 25 accepted ones (networks and optimisers restored, its codes and EMA update discarded) and halves
+the controller lr for the rest of the run (`otavatar.training.spike_guard`: at the published lr, runs of either
+schedule diverged in one iteration and never recovered, docs/training.md, rounds 10-11).
+
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
 synchronised: spec 3.6). Codes and intrinsics are per sample and stay local.
@@ -81,7 +86,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -92,6 +97,7 @@ from torch import Tensor
 from otavatar.training.losses import LossWeights, density_regularizers
 from otavatar.training.objective import IntrinsicsCorrection, ReconstructionLoss, apply_intrinsics
 from otavatar.training.run import RunDir, image_grid, step_streams, to_uint8
+from otavatar.training.spike_guard import Snapshot, SpikeGuard
 
 __all__ = ["DecoupleConfig", "DecoupleResult", "PairSampler", "train_controller", "SCHEDULES"]
 
@@ -118,6 +124,8 @@ class DecoupleConfig:
     finetune_generator: bool = True    # step (b) also updates the generator
     controller_pose: bool = True       # a fresh controller's use_pose (ControllerConfig; published if_use_pose)
     differential_grad: bool = False    # the controller learns only the frames' differences (module docstring)
+    spike_guard: float | None = 3.0    # roll back an iteration whose loss > this x the recent median (docstring)
+    spike_lr_factor: float = 0.5       # ... and multiply the controller lr by this for the rest of the run
     lr_code: float = 0.01
     lr_intrinsics: float = 0.01
     lr_controller: float = 1e-3
@@ -164,6 +172,8 @@ class DecoupleConfig:
             raise ValueError("refresh_codes_every repeats the code warm-up: it needs warmup_code_steps > 0")
         if self.warmup_code_steps and not self.persistent_codes:
             raise ValueError("warmup_code_steps banks a code per video: it needs persistent_codes=True")
+        if self.spike_guard is not None:
+            SpikeGuard(self.spike_guard, self.spike_lr_factor)          # validates both
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if isinstance(self.weights, dict):
@@ -285,6 +295,17 @@ def _sync(params) -> None:
         p.grad /= world
 
 
+def _any_rank(flag: bool) -> bool:
+    """True on every process when it is on any (so all roll back the same iteration)."""
+    import torch.distributed as dist
+
+    if _world()[1] == 1:
+        return flag
+    box = torch.tensor([float(flag)])
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def _broadcast(module: torch.nn.Module) -> None:
     import torch.distributed as dist
 
@@ -339,6 +360,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     opt_c, opt_g = _optimizers(controller, generator, config)
     ema_g, ema_c = copy.deepcopy(generator).eval(), copy.deepcopy(controller).eval()
     start, seconds = 0, 0.0
+    guard = SpikeGuard(config.spike_guard, config.spike_lr_factor) if config.spike_guard is not None else None
     if resume and rank == 0 and run.has_checkpoint():
         models, extra, state = run.load({"generator": opt_g, "controller": opt_c})
         generator.load_state_dict(models.generator.state_dict())
@@ -346,15 +368,19 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         for prefix, module in (("ema_generator.", ema_g), ("ema_controller.", ema_c)):
             module.load_state_dict({k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)})
         bank = {k[len(_BANK):]: v for k, v in extra.items() if k.startswith(_BANK)}
+        if guard is not None:
+            guard.load_state_tensors(extra)
         start, seconds = state["step"], state["seconds"]
     if world > 1:
         import torch.distributed as dist
 
         for m in (generator, controller, ema_g, ema_c):
             _broadcast(m)
-        box = [start, seconds]
+        box = [start, seconds, guard.lr_scale if guard is not None else 1.0]
         dist.broadcast_object_list(box, src=0)
-        start, seconds = box
+        start, seconds, lr_scale = box
+        if guard is not None:
+            guard.lr_scale = lr_scale
     losses = ReconstructionLoss.from_files(generator, vgg_weights=vgg_weights, identity_encoder=identity_encoder,
                                            weights=config.weights, sr_perceptual_size=config.sr_perceptual_size)
     rng, dens_rng = step_streams(config.seed * 1000 + rank, start)     # each process draws its own videos
@@ -381,17 +407,29 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                 run.log(0, {"warmup": warm_loss})
         for it in range(start, config.iterations):
             batch = sampler.sample(config.batch, rng)
-            values, preview, final = _iteration(generator, controller, losses, batch, config, opt_c, opt_g,
+            snapshot = None if guard is None else Snapshot(
+                [controller] + ([generator] if config.finetune_generator else []), [opt_c, opt_g])
+            it_config = config if guard is None or guard.lr_scale == 1 else replace(
+                config, lr_controller=config.lr_controller * guard.lr_scale)
+            values, preview, final = _iteration(generator, controller, losses, batch, it_config, opt_c, opt_g,
                                                 dens_rng, {**codes, **bank}, pin=pin)
-            if config.persistent_codes:
-                bank.update(zip(batch.videos, final))
-            _ema_update(ema_g, generator, config.ema)
-            _ema_update(ema_c, controller, config.ema)
-            if pin is not None:         # an average of pinned controllers is pinned only to first order
-                pin(ema_c)
             last = values["refine"] if config.refine else values["inversion"]
-            if not math.isfinite(last):
+            if guard is None and not math.isfinite(last):
                 raise FloatingPointError(f"iteration {it}: the loss became {last}")
+            if guard is not None and _any_rank(guard.is_spike(last)):
+                snapshot.restore()            # the iteration never happened, except for its draws from the streams
+                guard.reject(last, it + 1)
+                values = {"rolled_back": last, "lr_scale": guard.lr_scale}
+                last = guard.history[-1] if guard.history else math.nan
+            else:
+                if guard is not None:
+                    guard.accept(last)
+                if config.persistent_codes:
+                    bank.update(zip(batch.videos, final))
+                _ema_update(ema_g, generator, config.ema)
+                _ema_update(ema_c, controller, config.ema)
+                if pin is not None:         # an average of pinned controllers is pinned only to first order
+                    pin(ema_c)
             done = it + 1
             out_of_time = config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes
             if world > 1:
@@ -418,7 +456,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                     run.preview(done, image_grid([to_uint8(batch.images[:, 0]), to_uint8(preview)]))
                 if done % config.checkpoint_every == 0 or done == config.iterations or out_of_time:
                     _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c,
-                          bank)
+                          bank, guard)
             if out_of_time:
                 break
     finally:
@@ -429,8 +467,11 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                           final_loss=last, run_dir=Path(out_dir))
 
 
-def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c, bank: Mapping[str, Tensor]) -> None:
+def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c, bank: Mapping[str, Tensor],
+          guard: SpikeGuard | None) -> None:
     extra = {f"ema_generator.{k}": v for k, v in ema_g.state_dict().items()}
+    if guard is not None:
+        extra.update(guard.state_tensors())
     extra.update({f"ema_controller.{k}": v for k, v in ema_c.state_dict().items()})
     extra.update({f"{_BANK}{video}": code for video, code in bank.items()})
     run.save(step=step, seconds=seconds, models={"generator": generator, "controller": controller}, extra=extra,
@@ -503,14 +544,12 @@ def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
         return ws
     return torch.maximum(torch.minimum(ws, w_avg + clamp), w_avg - clamp)
 
-
 def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: DecoupleConfig, opt_c, opt_g,
                    dens_rng, init_codes: Mapping[str, Tensor], rng: np.random.Generator, *, progress: bool,
                    refresh: bool = False) -> tuple[dict[str, Tensor], float]:
     """Invert every video's code for config.warmup_code_steps steps, controller and generator frozen (an
     `_iteration` with only code steps and no refine) -> (video -> code, mean final loss). refresh=True: a
     refresh of banked codes (init_codes), at the iterations' lr_code rather than the warm-up's."""
-    from dataclasses import replace
 
     lr = config.lr_code if refresh else config.warmup_lr_code or config.lr_code
     code_only = replace(config, inversion_steps=config.warmup_code_steps, controller_steps=0, sr_steps=0,

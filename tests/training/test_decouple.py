@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -342,6 +343,59 @@ def test_rendered_ws_are_clamped_around_w_avg(micro_dataset, random_prior, clamp
     assert offset <= 5.0 + 1e-5 if clamp else offset > 50
 
 
+def test_spike_guard_rolls_back_a_diverging_iteration_and_halves_the_controller_lr(micro_dataset, random_prior,
+                                                                                    tmp_path, monkeypatch):
+    """An iteration whose loss jumps above 3x the recent median is undone: the controller, its optimiser, the EMA
+    and the code bank are as they were before it; later iterations use half the controller lr, also after resume."""
+    import otavatar.training.decouple as D
+    from safetensors.torch import load_file
+
+    calls = _spy_iterations(monkeypatch)
+    spied = D._iteration
+    diverge_at = 6                                          # 5 accepted losses first: the guard's min history
+
+    def diverging(*args, **kw):
+        values, preview, final = spied(*args, **kw)
+        if len(calls) == diverge_at:
+            values = {**values, "refine": 1000 * values["refine"]}
+        return values, preview, final
+
+    monkeypatch.setattr(D, "_iteration", diverging)
+    run = tmp_path / "run"
+    cfg = _config(iterations=7, batch=2, persistent_codes=True, lr_controller=1e-3)
+    train_controller(micro_dataset, random_prior, run, cfg, progress=False, identity_encoder=None)
+    before, after = calls[diverge_at - 1], calls[diverge_at]
+    torch.testing.assert_close(after["controller"], before["controller"], atol=0, rtol=0)
+    for video in before["videos"]:                          # the rolled-back iteration banked no code
+        torch.testing.assert_close(after["starts"][video], calls[diverge_at - 2]["final"][
+            calls[diverge_at - 2]["videos"].index(video)], atol=0, rtol=0)
+    assert [c["config"].lr_controller for c in calls] == [1e-3] * diverge_at + [5e-4]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "rolled_back" in rows[diverge_at - 1] and "refine" not in rows[diverge_at - 1]
+    assert rows[diverge_at - 1]["lr_scale"] == 0.5
+    assert float(load_file(str(run / "extra.safetensors"))["spike_guard.lr_scale"]) == 0.5
+    monkeypatch.setattr(D, "_iteration", spied)
+    train_controller(micro_dataset, random_prior, run, replace(cfg, iterations=8), progress=False,
+                     identity_encoder=None, resume=True)
+    assert calls[-1]["config"].lr_controller == 5e-4
+
+
+def test_without_the_spike_guard_a_non_finite_loss_stops_the_run(micro_dataset, random_prior, tmp_path,
+                                                                 monkeypatch):
+    import otavatar.training.decouple as D
+
+    original = D._iteration
+
+    def nan_loss(*args, **kw):
+        values, preview, final = original(*args, **kw)
+        return {**values, "refine": math.nan}, preview, final
+
+    monkeypatch.setattr(D, "_iteration", nan_loss)
+    with pytest.raises(FloatingPointError, match="the loss became nan"):
+        train_controller(micro_dataset, random_prior, tmp_path / "run", _config(spike_guard=None), progress=False,
+                         identity_encoder=None)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="schedule"):
         DecoupleConfig(schedule="alternate")
@@ -353,6 +407,8 @@ def test_config_validation():
         DecoupleConfig(pin_neutral=True, pin_mean_windows=8)
     with pytest.raises(ValueError, match="pin_mean_windows"):
         DecoupleConfig(pin_mean_windows=-1)
+    with pytest.raises(ValueError, match="spike factor"):
+        DecoupleConfig(spike_guard=0.5)
     assert DecoupleConfig().identity_steps == 90          # spec 3.4: 90 + 10 of 100
 
 
