@@ -274,26 +274,37 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
 
 
 @train.command("compare")
-@click.argument("report_a", type=click.Path(exists=True, dir_okay=False))
-@click.argument("report_b", type=click.Path(exists=True, dir_okay=False))
+@click.argument("report_a")
+@click.argument("report_b")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 def compare(report_a: str, report_b: str, json_out: str | None) -> None:
-    """Paired comparison of two `train evaluate --json-out` reports on the same pairs (A - B, its SE, verdict)."""
-    from otavatar.training.compare import compare_reports, comparison_table
+    """Paired comparison of two `train evaluate --json-out` reports on the same pairs (A - B, its SE, verdict).
+
+    REPORT_A and REPORT_B may each be several reports joined by commas (e.g. one per training seed,
+    `s0.json,s1.json`): they are averaged pair by pair first (otavatar.training.compare.average_reports)."""
+    from otavatar.training.compare import average_reports, compare_reports, comparison_table
 
     reports = []
-    for path in (report_a, report_b):
-        try:
-            reports.append(json.loads(Path(path).read_text()))
-        except ValueError as e:
-            raise click.ClickException(f"{path}: not JSON: {e}") from None
     try:
+        for argument in (report_a, report_b):
+            group = []
+            for path in filter(None, argument.split(",")):
+                if not Path(path).is_file():
+                    raise click.ClickException(f"{path}: no such report file")
+                try:
+                    group.append(json.loads(Path(path).read_text()))
+                except ValueError as e:
+                    raise click.ClickException(f"{path}: not JSON: {e}") from None
+            if not group:
+                raise click.ClickException(f"{argument!r} names no report file")
+            reports.append(group[0] if len(group) == 1 else average_reports(group))
         rows = compare_reports(*reports)
     except (KeyError, TypeError) as e:
         raise click.ClickException(f"not an evaluate report (missing or malformed {e})") from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(comparison_table(rows, Path(report_a).stem, Path(report_b).stem))
+    names = ["+".join(Path(path).stem for path in filter(None, arg.split(","))) for arg in (report_a, report_b)]
+    click.echo(comparison_table(rows, *names))
     if json_out:
         Path(json_out).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
 

@@ -10,6 +10,11 @@ and in how many pairs A is the better one. |z| >= 1.96 is called a difference (a
     a, b = json.load(open("a.json")), json.load(open("b.json"))
     for row in compare_reports(a, b):
         print(row.metric, row.difference, row.standard_error, row.verdict)
+
+Two training runs that differ only in their seed give two models of one recipe. `average_reports` averages their
+reports pair by pair, so `compare_reports(average_reports([a0, a1]), average_reports([b0, b1]))` compares two
+recipes with each pair's difference averaged over the seeds (the SE is still over the pairs: it measures the pairs'
+noise, not the seeds'; with two seeds, also read each seed's comparison on its own).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import numpy as np
 from otavatar.training.evaluate import json_safe
 from otavatar.training.metrics import LANDMARK_REGIONS, region_means
 
-__all__ = ["MetricDifference", "compare_reports", "comparison_table", "METRICS", "Z_95"]
+__all__ = ["MetricDifference", "average_reports", "compare_reports", "comparison_table", "METRICS", "Z_95"]
 
 # metric -> higher is better. "aed_readable" is per pair the mean of aed_controls over the report's readable
 # controls (with equal frames per pair that is what the report's pooled aed_readable averages); "akd_<region>"
@@ -132,6 +137,43 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
                                      difference=float(diff.mean()), standard_error=se, a_better=a_better,
                                      pairs=n, higher_is_better=higher))
     return rows
+
+
+_AVERAGED = ("psnr", "ssim", "akd", "aed", "aed_controls", "akd_landmarks")   # per-pair fields the average keeps
+
+
+def average_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One report whose every pair holds the mean over `reports` (e.g. one per training seed) of that pair's
+    PSNR, SSIM, AKD, AED and per-control / per-landmark lists. The reports must be on the same pairs, frames and
+    resolution (ValueError otherwise, as in compare_reports); readable controls are those all of them read."""
+    if not reports:
+        raise ValueError("no reports to average")
+    first = reports[0]
+    for i, r in enumerate(reports):
+        if not isinstance(r, Mapping) or not r.get("pairs"):
+            raise ValueError(f"report {i + 1} has no pairs (expected the JSON of `otavatar train evaluate`)")
+        for field in ("frames", "resolution"):
+            if r.get(field) != first.get(field):
+                raise ValueError(f"reports 1 and {i + 1} differ in {field}: {first.get(field)!r}, {r.get(field)!r}")
+    by_key = [{(str(p["source"]), str(p["driver"])): p for p in r["pairs"]} for r in reports]
+    keys = [(str(p["source"]), str(p["driver"])) for p in first["pairs"]]
+    for i, pairs in enumerate(by_key):
+        if len(pairs) != len(keys) or set(pairs) != set(keys):
+            raise ValueError(f"reports 1 and {i + 1} are on different (source, driver) pairs")
+    pairs = []
+    for key in keys:
+        rows = [pairs_of[key] for pairs_of in by_key]
+        pair = {"source": key[0], "driver": key[1], "frames": rows[0].get("frames")}
+        for name in _AVERAGED:
+            if all(name in row and row[name] is not None for row in rows):
+                values = np.array([np.asarray(row[name], dtype=float) for row in rows])
+                mean = values.mean(0)
+                pair[name] = mean.tolist() if mean.ndim else float(mean)
+        pairs.append(pair)
+    readable = [c for c in first.get("readable_controls", [])
+                if all(c in r.get("readable_controls", []) for r in reports)]
+    return {"frames": first.get("frames"), "resolution": first.get("resolution"), "pairs": pairs,
+            "readable_controls": readable, "averaged_reports": len(reports)}
 
 
 def comparison_table(rows: Sequence[MetricDifference], name_a: str = "A", name_b: str = "B") -> str:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from otavatar.cli import main
 from otavatar.synthetic import CONTROLS
-from otavatar.training.compare import compare_reports, comparison_table
+from otavatar.training.compare import average_reports, compare_reports, comparison_table
 
 
 def _report(akd, aed_controls, psnr=None, readable=("jaw_open",), frames=32, resolution=128):
@@ -134,3 +134,38 @@ def test_cli_prints_a_table_and_writes_json(tmp_path):
 def test_table_has_one_row_per_metric():
     a = _report([4.0, 5.0], [_controls(0.1)] * 2)
     assert comparison_table(compare_reports(a, a)).count("\n") == 2 + 4
+
+
+def test_average_reports_averages_each_pair_over_the_reports():
+    seed0 = _report([4.0, 6.0], [_controls(0.10), _controls(0.20)], psnr=[20.0, 18.0])
+    seed1 = _report([5.0, 7.0], [_controls(0.30), _controls(0.40)], psnr=[22.0, 19.0])
+    seed1["pairs"].reverse()                                    # matched by (source, driver), not by position
+    mean = average_reports([seed0, seed1])
+    assert [p["akd"] for p in mean["pairs"]] == [4.5, 6.5]
+    assert [p["psnr"] for p in mean["pairs"]] == [21.0, 18.5]
+    assert mean["pairs"][0]["aed_controls"] == pytest.approx(_controls(0.20))
+    assert mean["readable_controls"] == ["jaw_open"] and mean["averaged_reports"] == 2
+    # the averaged report compares like any other
+    assert _row(compare_reports(mean, seed0), "akd").difference == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("change, message", [({"frames": 16}, "frames"), ({"pairs": []}, "no pairs")])
+def test_average_reports_refuses_reports_that_do_not_match(change, message):
+    a = _report([4.0, 5.0], [_controls(0.1)] * 2)
+    with pytest.raises(ValueError, match=message):
+        average_reports([a, {**a, **change}])
+    other = _report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)
+    with pytest.raises(ValueError, match="different"):
+        average_reports([a, other])
+
+
+def test_cli_averages_comma_joined_reports(tmp_path):
+    files = {}
+    for name, akd in (("a0", [4.0, 5.0, 6.0]), ("a1", [4.2, 5.0, 6.2]), ("b", [4.5, 5.5, 6.5])):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(_report(akd, [_controls(0.1)] * 3)))
+    result = CliRunner().invoke(main, ["train", "compare", f"{files['a0']},{files['a1']}", str(files["b"])])
+    assert result.exit_code == 0, result.output
+    assert "| akd ↓ | 5.0667 | 5.5000 | -0.4333 |" in result.output and "a0+a1" in result.output
+    result = CliRunner().invoke(main, ["train", "compare", f"{files['a0']},{tmp_path / 'nope.json'}", str(files["b"])])
+    assert result.exit_code != 0 and "nope.json: no such report file" in result.output
