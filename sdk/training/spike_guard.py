@@ -6,7 +6,8 @@ iteration 81 (6.6 -> 56). Once the motion leaves w_avg +- 5, the ws clamp passes
 back; gradient clipping does not prevent it, because Adam's step size does not shrink with a clipped gradient. Each
 diverged run's ablation twin trained level, so which schedule won the comparison was decided by which one blew up.
 The ordinary spikes of the runs that trained level stayed under 1.9x the running median (r24's successive run: 9.1
-against ~5), so the default threshold, 3x, separates the two.
+against ~5), so the default threshold, 3x, separates the two. (One run at 5e-4, r23's seed-1 joint run, jumped to
+25x for two iterations and came back by itself; the guard rolls such iterations back too.)
 
 Use (what `otavatar.training.decouple.train_controller` does):
 
