@@ -29,6 +29,10 @@ def test_user_errors_are_clear(tmp_path, random_prior):
     result = _run("controller", "--data", str(tmp_path), "--prior", str(tmp_path / "missing.safetensors"),
                   "--out", str(tmp_path / "c"))
     assert result.exit_code != 0 and "does not exist" in result.output
+    result = _run("controller", "--data", str(tmp_path), "--prior", str(random_prior), "--out", str(tmp_path / "c"),
+                  "--spike-guard", "0.5")
+    assert result.exit_code != 0 and "the spike factor must be > 1, got 0.5" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "c").exists()
 
 
 def test_micro_prior_run(micro_dataset, tmp_path):
@@ -51,7 +55,7 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     result = _run(*args)
     assert result.exit_code != 0 and "--init-codes and --multiview go together" in result.output
     result = _run(*args, "--multiview", str(mv), "--persistent-codes", "--fresh-controller", "--warmup-code-steps",
-                  "1", "--warmup-lr-code", "0.03", "--freeze-generator", "--ema", "0.99")
+                  "1", "--warmup-lr-code", "0.03", "--freeze-generator", "--ema", "0.99", "--spike-guard", "0")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ctrl" / "ema.safetensors").is_file()
     recorded = json.loads((tmp_path / "ctrl" / "config.json").read_text())
@@ -59,6 +63,7 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     assert recorded["decouple"]["warmup_lr_code"] == 0.03
     assert recorded["decouple"]["finetune_generator"] is False
     assert recorded["decouple"]["ema"] == 0.99
+    assert recorded["decouple"]["spike_guard"] is None                   # 0 turns the guard off
 
 
 def test_package_writes_a_default_model_with_provenance(tmp_path):
