@@ -284,15 +284,16 @@ def compare(report_a: str, report_b: str, json_out: str | None) -> None:
     `s0.json,s1.json`): they are averaged pair by pair first (otavatar.training.compare.average_reports)."""
     from otavatar.training.compare import average_reports, compare_reports, comparison_table
 
-    reports = []
+    reports, names = [], []
     try:
         for argument in (report_a, report_b):
-            group = []
-            for path in filter(None, argument.split(",")):
-                if not Path(path).is_file():
+            group, paths = [], [Path(p) for p in argument.split(",") if p]
+            names.append("+".join(path.stem for path in paths))
+            for path in paths:
+                if not path.is_file():
                     raise click.ClickException(f"{path}: no such report file")
                 try:
-                    group.append(json.loads(Path(path).read_text()))
+                    group.append(json.loads(path.read_text()))
                 except ValueError as e:
                     raise click.ClickException(f"{path}: not JSON: {e}") from None
             if not group:
@@ -303,7 +304,6 @@ def compare(report_a: str, report_b: str, json_out: str | None) -> None:
         raise click.ClickException(f"not an evaluate report (missing or malformed {e})") from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    names = ["+".join(Path(path).stem for path in filter(None, arg.split(","))) for arg in (report_a, report_b)]
     click.echo(comparison_table(rows, *names))
     if json_out:
         Path(json_out).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
