@@ -85,6 +85,35 @@ def _per_pair(report: Mapping[str, Any], metric: str, readable_index: Sequence[i
     return out
 
 
+def _pair_keys(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(str(p["source"]), str(p["driver"])) for p in report["pairs"]]
+
+
+def _matching_pair_keys(reports: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The first report's (source, driver) keys, once every report (name -> report) is known to hold pairs, each
+    once, the same pairs, frames and resolution as the first: pair difficulty must not leak into a difference or an
+    average. ValueError naming what differs otherwise."""
+    for name, r in reports.items():
+        if not isinstance(r, Mapping) or "pairs" not in r or not r["pairs"]:
+            raise ValueError(f"report {name} has no pairs (expected the JSON of `otavatar train evaluate --json-out`)")
+    (first, reference), *others = reports.items()
+    for name, r in others:
+        for field in ("frames", "resolution"):
+            if r.get(field) != reference.get(field):
+                raise ValueError(f"the reports differ in {field}: {first} {reference.get(field)!r}, "
+                                 f"{name} {r.get(field)!r}")
+    keys = {name: _pair_keys(r) for name, r in reports.items()}
+    for name, k in keys.items():
+        if len(set(k)) != len(k):
+            raise ValueError(f"report {name} lists a (source, driver) pair twice")
+    for name, _ in others:
+        only_first, only_other = sorted(set(keys[first]) - set(keys[name])), sorted(set(keys[name]) - set(keys[first]))
+        if only_first or only_other:
+            raise ValueError(f"the reports are on different pairs: only in {first} {only_first[:3]}, only in {name} "
+                             f"{only_other[:3]} ({len(only_first)} and {len(only_other)} in all)")
+    return keys[first]
+
+
 def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
                     metrics: Sequence[str] | None = None) -> list[MetricDifference]:
     """One MetricDifference per metric for report A against report B (dicts as written by --json-out).
@@ -94,21 +123,7 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
     Both must hold the same (source, driver) pairs, the same frames per pair and the same resolution; otherwise
     the comparison would mix pair difficulty into the difference, so it raises ValueError naming what differs.
     """
-    for name, r in (("A", a), ("B", b)):
-        if not isinstance(r, Mapping) or "pairs" not in r or not r["pairs"]:
-            raise ValueError(f"report {name} has no pairs (expected the JSON of `otavatar train evaluate --json-out`)")
-    for field in ("frames", "resolution"):
-        if a.get(field) != b.get(field):
-            raise ValueError(f"the reports differ in {field}: A {a.get(field)!r}, B {b.get(field)!r}")
-    keys_a = [(str(p["source"]), str(p["driver"])) for p in a["pairs"]]
-    keys_b = [(str(p["source"]), str(p["driver"])) for p in b["pairs"]]
-    for name, keys in (("A", keys_a), ("B", keys_b)):
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"report {name} lists a (source, driver) pair twice")
-    if set(keys_a) != set(keys_b):
-        only_a, only_b = sorted(set(keys_a) - set(keys_b)), sorted(set(keys_b) - set(keys_a))
-        raise ValueError(f"the reports are on different pairs: only in A {only_a[:3]}, only in B {only_b[:3]} "
-                         f"({len(only_a)} and {len(only_b)} in all)")
+    keys_a = _matching_pair_keys({"A": a, "B": b})
     if metrics is None:
         regional = all(p.get("akd_landmarks") for r in (a, b) for p in r["pairs"])
         metrics = [m for m in METRICS if regional or not m.startswith("akd_")]
@@ -148,18 +163,9 @@ def average_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     resolution (ValueError otherwise, as in compare_reports); readable controls are those all of them read."""
     if not reports:
         raise ValueError("no reports to average")
+    keys = _matching_pair_keys({str(i + 1): r for i, r in enumerate(reports)})
     first = reports[0]
-    for i, r in enumerate(reports):
-        if not isinstance(r, Mapping) or not r.get("pairs"):
-            raise ValueError(f"report {i + 1} has no pairs (expected the JSON of `otavatar train evaluate`)")
-        for field in ("frames", "resolution"):
-            if r.get(field) != first.get(field):
-                raise ValueError(f"reports 1 and {i + 1} differ in {field}: {first.get(field)!r}, {r.get(field)!r}")
-    by_key = [{(str(p["source"]), str(p["driver"])): p for p in r["pairs"]} for r in reports]
-    keys = [(str(p["source"]), str(p["driver"])) for p in first["pairs"]]
-    for i, pairs in enumerate(by_key):
-        if len(pairs) != len(keys) or set(pairs) != set(keys):
-            raise ValueError(f"reports 1 and {i + 1} are on different (source, driver) pairs")
+    by_key = [dict(zip(_pair_keys(r), r["pairs"])) for r in reports]
     pairs = []
     for key in keys:
         rows = [pairs_of[key] for pairs_of in by_key]

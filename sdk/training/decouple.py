@@ -296,7 +296,7 @@ def _sync(params) -> None:
 
 
 def _any_rank(flag: bool) -> bool:
-    """True on every process when it is on any (so all roll back the same iteration)."""
+    """True on every process when it is on any (so all stop, or roll back, at the same iteration)."""
     import torch.distributed as dist
 
     if _world()[1] == 1:
@@ -405,10 +405,11 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                                              codes, warm_rng, progress=progress and rank == 0)
             if rank == 0:
                 run.log(0, {"warmup": warm_loss})
+        # what one iteration changes, for the guard to put back: the generator only when it is fine-tuned
+        changed = ([controller, generator], [opt_c, opt_g]) if config.finetune_generator else ([controller], [opt_c])
         for it in range(start, config.iterations):
             batch = sampler.sample(config.batch, rng)
-            snapshot = None if guard is None else Snapshot(
-                [controller] + ([generator] if config.finetune_generator else []), [opt_c, opt_g])
+            snapshot = None if guard is None else Snapshot(*changed)
             it_config = config if guard is None or guard.lr_scale == 1 else replace(
                 config, lr_controller=config.lr_controller * guard.lr_scale)
             values, preview, final = _iteration(generator, controller, losses, batch, it_config, opt_c, opt_g,
@@ -431,13 +432,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                 if pin is not None:         # an average of pinned controllers is pinned only to first order
                     pin(ema_c)
             done = it + 1
-            out_of_time = config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes
-            if world > 1:
-                import torch.distributed as dist
-
-                flag = torch.tensor([float(out_of_time)])
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)     # every rank stops at the same iteration
-                out_of_time = bool(flag.item())
+            out_of_time = _any_rank(config.max_minutes is not None         # every rank stops at the same iteration
+                                    and time.perf_counter() - t0 > 60 * config.max_minutes)
             if config.refresh_codes_every and done % config.refresh_codes_every == 0 and done < config.iterations \
                     and not out_of_time:
                 bank, values["code_refresh"] = _warm_up_codes(
