@@ -155,6 +155,9 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
                    "share (the unconverged code's) is removed from its gradient, and the refine step renders both "
                    "frames together (otavatar.training.decouple). Use with --pin-mean-motion: nothing else holds the "
                    "shared motion.")
+@click.option("--controller-local-weight", type=click.FloatRange(min=0), default=None,
+              help="The mouth + eyes L1 weight in every loss that updates the controller (successive: its steps; "
+                   "joint: every step; both: the refine); default: the published 10 everywhere.")
 @click.option("--spike-guard", type=click.FloatRange(min=0), default=3.0, show_default=True,
               help="Roll back an iteration whose loss is above this x the median of the last 25 (or not finite) "
                    "and halve the controller lr for the rest of the run (0 = off: a diverged run then stays "
@@ -173,8 +176,9 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                init_codes_run: str | None, multiview_file: str | None, persistent_codes: bool,
                warmup_code_steps: int, warmup_lr_code: float | None, refresh_codes_every: int, ws_clamp: float,
                pin_neutral: bool, pin_mean_windows: int, fresh_controller: bool, finetune_generator: bool,
-               controller_pose: bool, differential_grad: bool, spike_guard: float, ema: float,
-               max_minutes: float | None, seed: int, resume: bool, threads: int | None) -> None:
+               controller_pose: bool, differential_grad: bool, controller_local_weight: float | None,
+               spike_guard: float, ema: float, max_minutes: float | None, seed: int, resume: bool,
+               threads: int | None) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
@@ -197,7 +201,8 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                 warmup_lr_code=warmup_lr_code, refresh_codes_every=refresh_codes_every,
                                 clamp=ws_clamp or None, finetune_generator=finetune_generator,
                                 controller_pose=controller_pose, differential_grad=differential_grad,
-                                spike_guard=spike_guard or None, ema=ema, max_minutes=max_minutes, seed=seed)
+                                controller_local_weight=controller_local_weight, spike_guard=spike_guard or None,
+                                ema=ema, max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder
         init_codes = None
         if init_codes_run is not None:

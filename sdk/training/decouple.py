@@ -138,6 +138,7 @@ class DecoupleConfig:
     density_points: int = 2000
     sr_perceptual_size: int | None = None   # None = full size (published); CPU runs: 64 (see ReconstructionLoss)
     weights: LossWeights = field(default_factory=LossWeights)
+    controller_local_weight: float | None = None   # the local (mouth + eyes) weight whenever the controller steps
     preview_every: int = 50
     checkpoint_every: int = 50
     log_every: int = 1
@@ -162,6 +163,8 @@ class DecoupleConfig:
         if self.pin_mean_windows and self.pin_neutral:
             raise ValueError("pin_neutral and pin_mean_windows pin the motion at two different references: "
                              "choose one")
+        if self.controller_local_weight is not None and not self.controller_local_weight >= 0:
+            raise ValueError(f"controller_local_weight must be >= 0 or None, got {self.controller_local_weight}")
         if self.warmup_code_steps < 0:
             raise ValueError(f"warmup_code_steps must be >= 0, got {self.warmup_code_steps}")
         if self.warmup_lr_code is not None and not self.warmup_lr_code > 0:
@@ -183,6 +186,15 @@ class DecoupleConfig:
     def identity_steps(self) -> int:
         """N_id (spec 3.4: 90 of 100)."""
         return self.inversion_steps - self.controller_steps
+
+    @property
+    def controller_weights(self) -> LossWeights:
+        """The loss weights of every step that updates the controller (successive: its N_mo steps; joint: every
+        inversion step; both: the refine). controller_local_weight raises the mouth + eyes term there only, where
+        the jaw reading of rounds 8-11 trailed (docs/training.md, round 13); None = `weights`."""
+        if self.controller_local_weight is None:
+            return self.weights
+        return replace(self.weights, local=self.controller_local_weight)
 
 
 @dataclass
@@ -613,7 +625,8 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         with torch.set_grad_enabled(train_controller_now):
             motion = _motion(controller, windows, config)                       # [2B,num_ws,w_dim]
         ws, cam = _frame_inputs(code, motion, cameras, correction, 2, w_avg, config)
-        rec = losses(generator, ws, cam, images, landmarks, super_resolve=sr)
+        rec = losses(generator, ws, cam, images, landmarks, super_resolve=sr,
+                     weights=config.controller_weights if train_controller_now else w)
         dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
         loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv
         opt_w.zero_grad(set_to_none=True)
@@ -640,7 +653,8 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
             motion = _motion(controller, windows[sel], config)
             ws, cam = _frame_inputs(code, motion, cameras[sel], correction, frames_per_video, w_avg, config)
             cam = cam.detach()
-            rec = losses(generator, ws, cam, images[sel], landmarks[sel], super_resolve=True)
+            rec = losses(generator, ws, cam, images[sel], landmarks[sel], super_resolve=True,
+                         weights=config.controller_weights)
             dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
             loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv
             opt_c.zero_grad(set_to_none=True)

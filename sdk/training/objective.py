@@ -101,9 +101,10 @@ class ReconstructionLoss(nn.Module):
         return cls(generator, weights=weights, vgg=vgg19(vgg_weights), identity_encoder=encoder, **kwargs)
 
     def terms(self, pred: Tensor, target: Tensor, landmarks: Tensor | None, prefix: str,
-              perceptual: PerceptualLoss) -> dict[str, Tensor]:
-        """target [B,3,R,R] in [-1,1] at full size; landmarks [B,68,2] px of the target (None skips local+ID)."""
-        w = self.weights
+              perceptual: PerceptualLoss, weights: LossWeights | None = None) -> dict[str, Tensor]:
+        """target [B,3,R,R] in [-1,1] at full size; landmarks [B,68,2] px of the target (None skips local+ID).
+        weights: this call's weights instead of self.weights (the Gram weight stays the one built in)."""
+        w = weights or self.weights
         size = pred.shape[-1]
         shrunk = pred
         if perceptual is self.high and self.sr_perceptual_size and self.sr_perceptual_size < size:
@@ -120,18 +121,20 @@ class ReconstructionLoss(nn.Module):
         return out
 
     def forward(self, generator, ws: Tensor, camera: Tensor, target: Tensor, landmarks: Tensor | None = None, *,
-                super_resolve: bool = False, low_res: bool = True, planes: Tensor | None = None) -> Reconstruction:
-        """ws [B,num_ws,w_dim], camera [B,25] (already corrected), target [B,3,R,R] in [-1,1]."""
+                super_resolve: bool = False, low_res: bool = True, planes: Tensor | None = None,
+                weights: LossWeights | None = None) -> Reconstruction:
+        """ws [B,num_ws,w_dim], camera [B,25] (already corrected), target [B,3,R,R] in [-1,1]; weights: this
+        call's LossWeights (default: the module's)."""
         planes = generator.planes(ws) if planes is None else planes
         rendered = generator.render_planes(planes, camera)
         raw = rendered.image_raw
         terms: dict[str, Tensor] = {}
         if low_res:
-            terms.update(self.terms(raw, target, landmarks, "lo", self.low))
+            terms.update(self.terms(raw, target, landmarks, "lo", self.low, weights))
         image = None
         if super_resolve:
             image = generator.super_resolve(raw, rendered.features, ws)
-            terms.update(self.terms(image, target, landmarks, "sr", self.high))
+            terms.update(self.terms(image, target, landmarks, "sr", self.high, weights))
         loss = sum(terms.values()) if terms else raw.new_zeros(())
         return Reconstruction(loss=loss, terms={k: float(v.detach()) for k, v in terms.items()}, image_raw=raw, image=image,
                               planes=planes)

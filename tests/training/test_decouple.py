@@ -396,6 +396,27 @@ def test_without_the_spike_guard_a_non_finite_loss_stops_the_run(micro_dataset, 
                          identity_encoder=None)
 
 
+@pytest.mark.parametrize("schedule, inversion_local", [("successive", [10.0, 10.0, 40.0]), ("joint", [40.0] * 3)])
+def test_controller_local_weight_applies_where_the_controller_learns(micro_dataset, random_prior, tmp_path,
+                                                                       monkeypatch, schedule, inversion_local):
+    """successive: the code steps keep the published 10, the controller step and the refine take 40; joint steps
+    the controller at every step, so every loss takes 40."""
+    from otavatar.training.objective import ReconstructionLoss
+
+    seen = []
+    forward = ReconstructionLoss.forward
+
+    def spy(self, *args, weights=None, **kwargs):
+        seen.append((weights or self.weights).local)
+        return forward(self, *args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(ReconstructionLoss, "forward", spy)
+    cfg = _config(schedule=schedule, inversion_steps=3, controller_steps=1, controller_local_weight=40.0)
+    train_controller(micro_dataset, random_prior, tmp_path / "run", cfg, progress=False, identity_encoder=None)
+    assert seen == inversion_local + [40.0, 40.0]              # 3 inversion steps, then one refine step per frame
+    assert replace(cfg, controller_local_weight=None).controller_weights == cfg.weights
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="schedule"):
         DecoupleConfig(schedule="alternate")
@@ -409,6 +430,8 @@ def test_config_validation():
         DecoupleConfig(pin_mean_windows=-1)
     with pytest.raises(ValueError, match="spike factor"):
         DecoupleConfig(spike_guard=0.5)
+    with pytest.raises(ValueError, match="controller_local_weight"):
+        DecoupleConfig(controller_local_weight=-1.0)
     assert DecoupleConfig().identity_steps == 90          # spec 3.4: 90 + 10 of 100
 
 
