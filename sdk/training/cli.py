@@ -1,7 +1,8 @@
 """`otavatar train ...`: multi-view data, generator prior, controller (decoupling-by-inverting), evaluation.
 
 Run the controller under `torchrun --nproc_per_node N -m otavatar.cli train controller ...` for several
-processes (gloo on CPU, NCCL on GPUs); every other command is single-process.
+processes (NCCL when they run on GPUs, one GPU each; gloo on CPUs); every other command is single-process.
+`--device` (prior, controller, evaluate) picks where a process runs: "auto" takes the GPU when torch sees one.
 """
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ def _threads(threads: int | None) -> None:
 
     if threads:
         torch.set_num_threads(threads)
+
+
+def _device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (the GPU when torch sees one, cuda:LOCAL_RANK under torchrun; else the CPU), "
+                             "cpu, cuda or cuda:N.")(f)
+
+
+def _device(spec: str):
+    """--device resolved (`otavatar.training.run.resolve_device`), or a usage error that names the problem."""
+    from otavatar.training.run import resolve_device
+
+    try:
+        return resolve_device(spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
 
 
 @click.group("train")
@@ -71,9 +88,10 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@_device_option
 def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int, density: bool,
           perceptual_weight: float, code_init_std: float, init_from: str | None, max_minutes: float | None,
-          vgg_weights: str | None, seed: int, resume: bool, threads: int | None) -> None:
+          vgg_weights: str | None, seed: int, resume: bool, threads: int | None, device: str) -> None:
     """Train the `tiny` generator as a multi-view auto-decoder (writes OUT/checkpoint.safetensors)."""
     from otavatar.training.losses import LossWeights
     from otavatar.training.multiview import load_multiview
@@ -86,7 +104,7 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
                          code_init_std=code_init_std)
     try:
         result = train_prior(load_multiview(multiview_file), out_dir, config, resume=resume,
-                             vgg_weights=vgg_weights, init_from=init_from)
+                             vgg_weights=vgg_weights, init_from=init_from, device=_device(device))
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f} -> "
@@ -170,6 +188,7 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads per process.")
+@_device_option
 def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iterations: int, batch: int,
                inversion_steps: int, controller_steps: int, sr_steps: int, lr_code: float, lr_controller: float,
                sr_perceptual_size: int | None, density_points: int, identity_encoder: str, vgg_weights: str | None,
@@ -178,19 +197,22 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                pin_neutral: bool, pin_mean_windows: int, fresh_controller: bool, finetune_generator: bool,
                controller_pose: bool, differential_grad: bool, controller_local_weight: float | None,
                spike_guard: float, ema: float, max_minutes: float | None, seed: int, resume: bool,
-               threads: int | None) -> None:
+               threads: int | None, device: str) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
 
     if (init_codes_run is None) != (multiview_file is None):
         raise click.UsageError("--init-codes and --multiview go together")
     _threads(threads)
+    where = _device(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         import torch
         import torch.distributed as dist
 
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if where.type == "cuda":
+            torch.cuda.set_device(where)       # NCCL's collectives run on the current device
+        dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
     try:
         config = DecoupleConfig(iterations=iterations, batch=batch, inversion_steps=inversion_steps,
                                 controller_steps=controller_steps, sr_steps=sr_steps, schedule=schedule,
@@ -213,7 +235,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                               Path(data_dir) / "truth.npz")
         result = train_controller(data_dir, prior_file, out_dir, config, resume=resume, vgg_weights=vgg_weights,
                                   identity_encoder=encoder, init_codes=init_codes,
-                                  fresh_controller=fresh_controller)
+                                  fresh_controller=fresh_controller, device=where)
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -243,16 +265,18 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
               help="The inversion's identity term: 'synthheads', an ArcFace ResNet-18 file, or 'none'.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
+@_device_option
 def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, videos_per_subject: int,
              steps: tuple[int, int], lr: float, identity_encoder: str, json_out: str | None,
-             threads: int | None) -> None:
+             threads: int | None, device: str) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
     from otavatar.inversion import InversionConfig
     from otavatar.training.evaluate import evaluate_reenactment
     from otavatar.weights import load_models
 
     _threads(threads)
-    models = load_models(weights)
+    where = _device(device)
+    models = load_models(weights, device=where)
     if models.generator is None or (mode == "controller" and models.controller is None):
         raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
     config = InversionConfig(w_steps=max(1, steps[0]), wplus_steps=steps[1], lr=lr,
@@ -261,7 +285,8 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     from otavatar.training.objective import ReconstructionLoss
 
     losses = ReconstructionLoss.from_files(models.generator, weights=config.weights,
-                                           identity_encoder=None if identity_encoder == "none" else identity_encoder)
+                                           identity_encoder=None if identity_encoder == "none" else identity_encoder
+                                           ).to(where)
     import numpy as np
 
     from otavatar.training.evaluate import default_pairs

@@ -96,7 +96,7 @@ from torch import Tensor
 
 from otavatar.training.losses import LossWeights, density_regularizers
 from otavatar.training.objective import IntrinsicsCorrection, ReconstructionLoss, apply_intrinsics
-from otavatar.training.run import RunDir, image_grid, step_streams, to_uint8
+from otavatar.training.run import RunDir, image_grid, resolve_device, step_streams, to_uint8
 from otavatar.training.spike_guard import Snapshot, SpikeGuard
 
 __all__ = ["DecoupleConfig", "DecoupleResult", "PairSampler", "train_controller", "SCHEDULES"]
@@ -215,16 +215,21 @@ class Batch:
     landmarks: Tensor     # [B,2,68,2] px of the R-px images
     videos: list[str] = field(default_factory=list)   # [B] video names
 
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(images=self.images.to(device), windows=self.windows.to(device), cameras=self.cameras.to(device),
+                     landmarks=self.landmarks.to(device), videos=self.videos)
+
 
 class PairSampler:
     """Spec 3.3: pick a training person, a random video of theirs, and 2 frames drawn with probability
-    proportional to |expression|_1 + 1e-3 (expressive frames favoured)."""
+    proportional to |expression|_1 + 1e-3 (expressive frames favoured). Batches and windows come on `device`."""
 
     def __init__(self, data_dir: str | os.PathLike, *, resolution: int | None = None, window: int = 27,
-                 split: str = "train") -> None:
+                 split: str = "train", device: str | torch.device = "cpu") -> None:
         from otavatar.coeffs import windows
         from otavatar.training.lmdb_dataset import LmdbDataset, person_id
 
+        self.device = torch.device(device)
         self.data = LmdbDataset(data_dir, resolution)
         videos = {"train": self.data.train, "test": self.data.test}[split]
         if not videos:
@@ -251,7 +256,8 @@ class PairSampler:
         """`count` windows [count,70,27] drawn uniformly over every frame of the split (the pin_mean reference)."""
         frames = [(v, f) for v in self.videos for f in range(len(self._cache[v][0]))]
         picked = rng.choice(len(frames), count, replace=count > len(frames))
-        return torch.from_numpy(np.stack([self._cache[frames[i][0]][0][frames[i][1]] for i in picked])).float()
+        chosen = np.stack([self._cache[frames[i][0]][0][frames[i][1]] for i in picked])        # [count,70,27]
+        return torch.from_numpy(chosen).float().to(self.device)
 
     def sample(self, batch: int, rng: np.random.Generator) -> Batch:
         persons = rng.choice(len(self.persons), batch, replace=batch > len(self.persons))
@@ -259,14 +265,14 @@ class PairSampler:
         for p in persons:
             options = self.by_person[self.persons[p]]
             items.append(self._item(options[rng.integers(len(options))], rng))
-        return self._collate(items)
+        return self._collate(items).to(self.device)
 
     def sample_videos(self, videos: list[str], rng: np.random.Generator) -> Batch:
         """2 frames (drawn as in `sample`) of each of the given videos."""
         unknown = [v for v in videos if v not in self._cache]
         if unknown:
             raise ValueError(f"videos not in this split: {unknown[:3]}")
-        return self._collate([self._item(v, rng) for v in videos])
+        return self._collate([self._item(v, rng) for v in videos]).to(self.device)
 
     def _item(self, video: str, rng: np.random.Generator) -> dict:
         win, cams, prob = self._cache[video]
@@ -313,7 +319,9 @@ def _any_rank(flag: bool) -> bool:
 
     if _world()[1] == 1:
         return flag
-    box = torch.tensor([float(flag)])
+    # NCCL reduces only CUDA tensors: the box lives on this process's GPU then
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    box = torch.tensor([float(flag)], device=device)
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return bool(box.item())
 
@@ -337,16 +345,19 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                      config: DecoupleConfig = DecoupleConfig(), *, resume: bool = False, progress: bool = True,
                      vgg_weights: str | os.PathLike | None = None, identity_encoder: str | None = "synthheads",
                      init_codes: Mapping[str, Tensor] | None = None, fresh_controller: bool = False,
-                     on_iteration: Callable[[int, dict], None] | None = None) -> DecoupleResult:
+                     on_iteration: Callable[[int, dict], None] | None = None,
+                     device: str | torch.device | None = "auto") -> DecoupleResult:
     """Train a controller (and fine-tune the generator) from the generator in `prior` (an otavatar weights file;
     a controller in it is used as the start unless `fresh_controller`, else a fresh one of the matching preset).
     init_codes: video name -> [w_dim] start of that video's code inversion (module docstring); videos without one
-    start at w_avg."""
+    start at w_avg. device: `otavatar.training.run.resolve_device` ("auto": this process's GPU if any); the run
+    folder is the same on every device, so a run may be resumed on another."""
     from otavatar.config import ControllerConfig
     from otavatar.models import MotionController
     from otavatar.weights import load_models
 
     rank, world = _world()
+    device = resolve_device(device)
     loaded = load_models(prior)
     if loaded.generator is None:
         raise ValueError(f"{prior}: holds no generator")
@@ -363,7 +374,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         raise ValueError(f"{prior}: its controller has use_pose={controller.config.use_pose}, the config asks for "
                          f"controller_pose={config.controller_pose}; start a fresh controller (fresh_controller) or "
                          "match it")
-    codes = _check_init_codes(init_codes, gcfg.w_dim)
+    generator, controller = generator.to(device), controller.to(device)     # before the optimisers see them
+    codes = {v: c.to(device) for v, c in _check_init_codes(init_codes, gcfg.w_dim).items()}
     bank: dict[str, Tensor] = {}          # video -> its last inverted code (persistent_codes)
     if rank == 0:
         run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world,
@@ -379,7 +391,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         controller.load_state_dict(models.controller.state_dict())
         for prefix, module in (("ema_generator.", ema_g), ("ema_controller.", ema_c)):
             module.load_state_dict({k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)})
-        bank = {k[len(_BANK):]: v for k, v in extra.items() if k.startswith(_BANK)}
+        bank = {k[len(_BANK):]: v.to(device) for k, v in extra.items() if k.startswith(_BANK)}
         if guard is not None:
             guard.load_state_tensors(extra)
         start, seconds = state["step"], state["seconds"]
@@ -394,7 +406,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         if guard is not None:
             guard.lr_scale = lr_scale
     losses = ReconstructionLoss.from_files(generator, vgg_weights=vgg_weights, identity_encoder=identity_encoder,
-                                           weights=config.weights, sr_perceptual_size=config.sr_perceptual_size)
+                                           weights=config.weights, sr_perceptual_size=config.sr_perceptual_size
+                                           ).to(device)
     rng, dens_rng = step_streams(config.seed * 1000 + rank, start)     # each process draws its own videos
     bar = None
     if progress and rank == 0:
@@ -405,7 +418,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     t0 = time.perf_counter() - seconds
     last = math.nan
     done = start
-    sampler = PairSampler(data_dir, window=controller.config.window)   # opened last: closed in `finally`
+    sampler = PairSampler(data_dir, window=controller.config.window, device=device)   # last: closed in `finally`
     try:
         pin = _pinning(config, sampler)
         if pin is not None and start == 0:
@@ -609,7 +622,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
     w_avg = generator.w_avg.detach()
     starts = [init_codes.get(v, w_avg) for v in batch.videos] if init_codes and batch.videos else [w_avg] * b
     code = torch.stack(starts)[:, None].clone().requires_grad_(True)        # [B,1,w_dim] (W space)
-    correction = IntrinsicsCorrection(b)
+    correction = IntrinsicsCorrection(b).to(code.device)
     opt_w = torch.optim.Adam([code], lr=config.lr_code, betas=(0.9, 0.999))
     opt_k = torch.optim.AdamW(correction.parameters(), lr=config.lr_intrinsics, betas=(0.9, 0.9999),
                               weight_decay=0.0)
@@ -647,7 +660,8 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         generator.requires_grad_(config.finetune_generator)
         # one step per frame (spec 3.4 b); differential_grad needs both frames' gradients, so one step of both
         frames_per_video = 2 if config.differential_grad else 1
-        steps = [torch.arange(2 * b)] if config.differential_grad else [torch.arange(b) * 2 + f for f in range(2)]
+        frames = torch.arange(2 * b, device=images.device)
+        steps = [frames] if config.differential_grad else [frames[f::2] for f in range(2)]
         total = 0.0
         for f, sel in enumerate(steps):
             motion = _motion(controller, windows[sel], config)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, local_loss, pixel_loss
 from otavatar.training.multiview import MultiviewSet
-from otavatar.training.run import RunDir, image_grid, step_streams, to_uint8
+from otavatar.training.run import RunDir, image_grid, resolve_device, step_streams, to_uint8
 
 __all__ = ["PriorConfig", "PriorResult", "train_prior", "prior_identity_codes"]
 
@@ -73,20 +73,25 @@ class PriorResult:
 
 def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorConfig = PriorConfig(), *,
                 resume: bool = False, progress: bool = True, vgg_weights: str | os.PathLike | None = None,
-                init_from: str | os.PathLike | None = None, on_step: Callable[[int, dict], None] | None = None) -> PriorResult:
+                init_from: str | os.PathLike | None = None, on_step: Callable[[int, dict], None] | None = None,
+                device: str | torch.device | None = "auto") -> PriorResult:
+    """Auto-decode `data` (module docstring) into a run folder. device: `otavatar.training.run.resolve_device`;
+    the frames stay in host memory and each step's batch is copied over."""
     from otavatar.models import TriplaneGenerator
     from otavatar.training.vgg import vgg19
 
     if data.views < config.views:
         raise ValueError(f"config.views={config.views} but the data has only {data.views} views per frame")
     run = RunDir(out_dir, {"prior": config, "frames": len(data), "resolution": data.resolution}, resume=resume)
+    device = resolve_device(device)
     torch.manual_seed(config.seed)
     generator = getattr(TriplaneGenerator, config.preset)().train()
     if generator.config.img_resolution != data.resolution:
         raise ValueError(f"the {config.preset} generator outputs {generator.config.img_resolution}px images but the "
                          f"data is {data.resolution}px; render the multiview set at that resolution")
     w_dim = generator.config.w_dim
-    codes = torch.nn.Parameter(torch.randn(len(data), w_dim) * config.code_init_std)
+    codes = torch.nn.Parameter((torch.randn(len(data), w_dim) * config.code_init_std).to(device))   # [N,w_dim]
+    generator.to(device)                                   # before the optimisers see its parameters
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas)
     opt_c = torch.optim.Adam([codes], lr=config.lr_codes, betas=config.betas)
     start, seconds = 0, 0.0
@@ -110,7 +115,7 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
             codes.copy_(extra["codes"])
         start, seconds = state["step"], state["seconds"]
     rng, _ = step_streams(config.seed, start)             # frames and views drawn per step
-    vgg = vgg19(vgg_weights)
+    vgg = vgg19(vgg_weights).to(device)
     lowres = PerceptualLoss(vgg, layers=config.perceptual_layers, num_scales=2, style_weight=config.losses.style)
     highres = PerceptualLoss(vgg, layers=config.perceptual_layers, num_scales=2, style_weight=config.losses.style)
     r_lo = generator.config.render.resolution
@@ -130,12 +135,12 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         frames = torch.from_numpy(rng.choice(len(data), config.batch, replace=False))
         views = torch.from_numpy(np.stack([rng.choice(data.views, config.views, replace=False)
                                            for _ in range(config.batch)]))           # [B,Vb]
-        target = images[frames[:, None], views].flatten(0, 1)                        # [B*Vb,R,R,3]
+        target = images[frames[:, None], views].flatten(0, 1).to(device)             # [B*Vb,R,R,3]
         target = target.permute(0, 3, 1, 2).float() / 127.5 - 1                      # [B*Vb,3,R,R]
-        cam = cameras[frames[:, None], views].flatten(0, 1)                           # [B*Vb,25]
-        lm = landmarks[frames[:, None], views].flatten(0, 1)                          # [B*Vb,68,2]
+        cam = cameras[frames[:, None], views].flatten(0, 1).to(device)                # [B*Vb,25]
+        lm = landmarks[frames[:, None], views].flatten(0, 1).to(device)               # [B*Vb,68,2]
 
-        ws = codes[frames][:, None].expand(-1, generator.config.num_ws, -1)          # [B,num_ws,w_dim]
+        ws = codes[frames.to(device)][:, None].expand(-1, generator.config.num_ws, -1)          # [B,num_ws,w_dim]
         planes = generator.planes(ws)                                                 # [B,3,C,P,P]
         planes_v = planes.repeat_interleave(config.views, dim=0)
         ws_v = ws.repeat_interleave(config.views, dim=0)

@@ -23,7 +23,32 @@ import torch
 
 from otavatar.fileio import atomic_write
 
-__all__ = ["RunDir", "image_grid", "step_streams", "to_uint8"]
+__all__ = ["RunDir", "image_grid", "resolve_device", "step_streams", "to_uint8"]
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device a training or evaluation process runs on. "auto" (or None): this process's GPU when torch sees
+    one (cuda:LOCAL_RANK under torchrun, so each process takes its own), else the CPU; "cpu"; "cuda" (as auto,
+    but refuses a machine without one); "cuda:N". The device is not part of a run's config: a run may be resumed
+    on another device."""
+    text = "auto" if spec is None else str(spec)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if text == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {text!r}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {text!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {text!r}: torch {torch.__version__} sees no CUDA device (use 'cpu' or 'auto')")
+    index = local_rank if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {text!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device("cuda", index)
 
 
 def step_streams(key: int, start: int) -> tuple[np.random.Generator, torch.Generator]:

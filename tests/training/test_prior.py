@@ -89,3 +89,12 @@ def test_identity_codes_are_the_mean_code_of_each_video(views, micro_dataset, tm
         prior_identity_codes(tmp_path, views, micro_dataset / "truth.npz")
     with pytest.raises(ValueError, match="truth.npz"):
         prior_identity_codes(tmp_path / "run", views, tmp_path / "truth.npz")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prior_trains_on_cuda_and_resumes_on_the_cpu(views, tmp_path):
+    first = train_prior(views, tmp_path / "run", _config(2), progress=False, device="cuda")
+    assert first.codes.device.type == "cuda" and torch.isfinite(torch.tensor(first.final_loss))
+    again = train_prior(views, tmp_path / "run", _config(4), progress=False, resume=True, device="cpu")
+    assert again.steps == 4 and again.codes.device.type == "cpu"

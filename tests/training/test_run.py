@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from otavatar.models import MotionController
-from otavatar.training.run import RunDir, image_grid, step_streams, to_uint8
+from otavatar.training.run import RunDir, image_grid, resolve_device, step_streams, to_uint8
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,17 @@ def test_step_streams_keep_a_fresh_runs_draws_and_give_a_resumed_run_new_ones():
     again = draws(step_streams(7, 50))              # reproducible: the same step resumes with the same draws
     np.testing.assert_array_equal(again[0], resumed[0])
     torch.testing.assert_close(again[1], resumed[1])
+
+
+def test_resolve_device_takes_the_gpu_when_there_is_one_and_names_bad_requests(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("tpu", "gpu0", "mps"):
+        with pytest.raises(ValueError, match=f"'auto', 'cpu', 'cuda' or 'cuda:N'; got '{bad}'"):
+            resolve_device(bad)

@@ -33,6 +33,13 @@ def test_user_errors_are_clear(tmp_path, random_prior):
                   "--spike-guard", "0.5")
     assert result.exit_code != 0 and "the spike factor must be > 1, got 0.5" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "c").exists()
+    for command in ("prior", "controller", "evaluate"):
+        result = _run(command, "--device", "tpu", "--help")       # --help still parses: only the listing
+        assert result.exit_code == 0 and "--device" in result.output
+    result = _run("controller", "--data", str(tmp_path), "--prior", str(random_prior), "--out", str(tmp_path / "c"),
+                  "--device", "tpu")
+    assert result.exit_code != 0 and "Invalid value for --device" in result.output and "got 'tpu'" in result.output
+    assert not (tmp_path / "c").exists()
 
 
 def test_micro_prior_run(micro_dataset, tmp_path):
