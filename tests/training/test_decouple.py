@@ -498,7 +498,7 @@ _WORKER_SYNC = textwrap.dedent("""
     D._iteration = spy
     cfg = D.DecoupleConfig(iterations=1, batch=1, inversion_steps=2, controller_steps=1, sr_steps=1,
                            density_points=64, sr_perceptual_size=32)
-    D.train_controller(data, prior, out, cfg, progress=False, identity_encoder=None)
+    D.train_controller(data, prior, out, cfg, progress=False, identity_encoder=None, device="cpu")   # gloo on CPUs
     torch.save({"batch": seen[0].windows, **captured}, result)
     dist.destroy_process_group()
 """)
