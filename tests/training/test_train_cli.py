@@ -62,7 +62,8 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     result = _run(*args)
     assert result.exit_code != 0 and "--init-codes and --multiview go together" in result.output
     result = _run(*args, "--multiview", str(mv), "--persistent-codes", "--fresh-controller", "--warmup-code-steps",
-                  "1", "--warmup-lr-code", "0.03", "--freeze-generator", "--ema", "0.99", "--spike-guard", "0")
+                  "1", "--warmup-lr-code", "0.03", "--freeze-generator", "--ema", "0.99", "--spike-guard", "0",
+                  "--controller-local-weight", "20", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ctrl" / "ema.safetensors").is_file()
     recorded = json.loads((tmp_path / "ctrl" / "config.json").read_text())
@@ -71,6 +72,16 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     assert recorded["decouple"]["finetune_generator"] is False
     assert recorded["decouple"]["ema"] == 0.99
     assert recorded["decouple"]["spike_guard"] is None                   # 0 turns the guard off
+    assert recorded["decouple"]["controller_local_weight"] == 20
+    assert "device" not in json.dumps(recorded)             # a run may be resumed on another device
+
+    # the held-out evaluation of what the controller trainer wrote
+    report = tmp_path / "report.json"
+    result = _run("evaluate", "--weights", str(tmp_path / "ctrl" / "ema.safetensors"), "--data", str(micro_dataset),
+                  "--steps", "1", "1", "--frames", "2", "--identity-encoder", "none", "--device", "cpu",
+                  "--json-out", str(report))
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["mean"]["akd"] > 0 and "AKD" in result.output
 
 
 def test_package_writes_a_default_model_with_provenance(tmp_path):
