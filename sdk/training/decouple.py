@@ -375,7 +375,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                          f"controller_pose={config.controller_pose}; start a fresh controller (fresh_controller) or "
                          "match it")
     generator, controller = generator.to(device), controller.to(device)     # before the optimisers see them
-    codes = {v: c.to(device) for v, c in _check_init_codes(init_codes, gcfg.w_dim).items()}
+    codes = _check_init_codes(init_codes, gcfg.w_dim, device)
     bank: dict[str, Tensor] = {}          # video -> its last inverted code (persistent_codes)
     if rank == 0:
         run = RunDir(out_dir, {"decouple": config, "prior": str(prior), "world": world,
@@ -599,10 +599,11 @@ def _warm_up_codes(generator, controller, losses, sampler: PairSampler, config: 
     return bank, float(np.mean(finals))
 
 
-def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int) -> dict[str, Tensor]:
+def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int,
+                      device: str | torch.device = "cpu") -> dict[str, Tensor]:
     codes = {}
     for name, code in (init_codes or {}).items():
-        code = torch.as_tensor(code, dtype=torch.float32).detach()
+        code = torch.as_tensor(code, dtype=torch.float32, device=device).detach()
         if code.shape != (w_dim,) or not torch.isfinite(code).all():
             raise ValueError(f"init_codes[{name!r}] must be a finite [{w_dim}] vector, got {list(code.shape)}")
         codes[str(name)] = code

@@ -104,7 +104,7 @@ class ReconstructionLoss(nn.Module):
               perceptual: PerceptualLoss, weights: LossWeights | None = None) -> dict[str, Tensor]:
         """target [B,3,R,R] in [-1,1] at full size; landmarks [B,68,2] px of the target (None skips local+ID).
         weights: this call's weights instead of self.weights (the Gram weight stays the one built in)."""
-        w = weights or self.weights
+        w = self.weights if weights is None else weights
         size = pred.shape[-1]
         shrunk = pred
         if perceptual is self.high and self.sr_perceptual_size and self.sr_perceptual_size < size:

@@ -38,11 +38,11 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {text!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {text!r}")
     if device.type == "cpu":
         return device
-    if device.type != "cuda":
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {text!r}")
     if not torch.cuda.is_available():
         raise ValueError(f"device {text!r}: torch {torch.__version__} sees no CUDA device (use 'cpu' or 'auto')")
     index = local_rank if device.index is None else device.index
