@@ -9,7 +9,8 @@ its ground truth, and this offset has the form a controller's has, so its AKD / 
 controller could reach with this generator and these losses (roughly: --steps limits it, and the offset also
 absorbs what the static inversion got wrong about the identity, so it can only flatter the ceiling).
 
-The report is an ordinary `train evaluate` JSON on the same pairs, so `train compare` pairs it with the static row:
+The report is an ordinary `train evaluate` JSON, so `train compare` pairs it with the static row scored on the same
+pairs (with --pairs N here, give that `train evaluate --mode static` the same --pairs N and --videos-per-subject):
 
     python benchmarks/oracle_motion.py --weights sdk/weights/default/otavatar-tiny.safetensors --data data/synth \
         --videos-per-subject 2 --json-out oracle.json
