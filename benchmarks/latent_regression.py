@@ -57,15 +57,14 @@ def codes(args) -> None:
     from safetensors.torch import load_file
 
     from otavatar.coeffs import windows
+    from otavatar.training.decouple import DecoupleConfig, _clamp, banked_codes
     from otavatar.training.lmdb_dataset import LmdbDataset
     from otavatar.training.objective import ReconstructionLoss
     from otavatar.weights import load_models
 
     torch.set_num_threads(args.threads)
     generator = load_models(args.weights).generator.eval().requires_grad_(False)
-    prefix = "code_bank."
-    bank = {k[len(prefix):]: v for k, v in load_file(f"{args.bank_run}/extra.safetensors").items()
-            if k.startswith(prefix)}
+    bank = banked_codes(load_file(f"{args.bank_run}/extra.safetensors"))
     data = LmdbDataset(args.data)
     videos = [v for i, v in enumerate(sorted(data.train)) if i % args.shards == args.shard]
     missing = [v for v in videos if v not in bank]
@@ -90,8 +89,7 @@ def codes(args) -> None:
         opt = torch.optim.Adam([code], lr=args.lr)
         trace = []
         for _ in range(args.steps):
-            ws = code.expand(-1, generator.config.num_ws, -1)
-            ws = torch.maximum(torch.minimum(ws, w_avg + 5), w_avg - 5)          # the trainer's clamp
+            ws = _clamp(code.expand(-1, generator.config.num_ws, -1), w_avg, DecoupleConfig().clamp)   # as trained
             loss = losses(generator, ws, camera, image, marks, super_resolve=args.sr).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -132,8 +130,7 @@ def ridge(args) -> dict:
 
 def distill(args) -> None:
     from otavatar.coeffs import windows
-    from otavatar.config import ControllerConfig
-    from otavatar.models import MotionController
+    from otavatar.training.decouple import fresh_controller_for
     from otavatar.training.lmdb_dataset import LmdbDataset
     from otavatar.weights import load_models, save_models
 
@@ -145,11 +142,8 @@ def distill(args) -> None:
         every = torch.from_numpy(np.concatenate([windows(data.coeffs(v)) for v in sorted(data.train)])).float()
     target = every[:, EXPRESSION, CENTRE] @ torch.from_numpy(linear).float()   # [N,w_dim]
     generator = load_models(args.weights).generator
-    cfg = generator.config
     torch.manual_seed(args.seed)
-    controller = MotionController(ControllerConfig(num_ws=cfg.num_ws, w_dim=cfg.w_dim,
-                                                   descriptor_channels=min(256, 2 * cfg.w_dim),
-                                                   use_pose=False)).train()
+    controller = fresh_controller_for(generator.config, use_pose=False).train()
     opt = torch.optim.Adam(controller.parameters(), lr=1e-3)
     probe = slice(None, None, 7)
     for step in range(args.steps):

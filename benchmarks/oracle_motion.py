@@ -31,8 +31,8 @@ def oracle_renderer(truth: dict, pairs: list[tuple[str, str]], losses, *, steps:
                     batch: int = 8):
     """A `render_fn` for evaluate_reenactment that renders each frame from its own inverted offset. It is called
     once per pair, in `pairs` order, and rebuilds that pair's ground truth as the harness does."""
+    from otavatar.training.evaluate import pair_truth
     from otavatar.training.objective import apply_intrinsics
-    from otavatar.synthetic import Identity, Motion, render
     from otavatar.training.run import to_uint8
 
     index = {str(v): i for i, v in enumerate(truth["videos"])}
@@ -41,11 +41,8 @@ def oracle_renderer(truth: dict, pairs: list[tuple[str, str]], losses, *, steps:
 
     def render_fn(generator, controller, result, coeffs, cameras, *, batch_size: int = 8):
         source, driver = queue.pop(0)
-        i_s, i_d = index[source], index[driver]
         t = len(cameras)
-        motion = Motion(truth["controls"][i_d][:t], truth["angles"][i_d][:t], truth["translation"][i_d][:t])
-        who = Identity.sample(int(truth["identity_seed"][int(truth["subject"][i_s])]))
-        gt = render(who, motion, resolution=int(generator.config.img_resolution))
+        _, gt = pair_truth(truth, index[source], index[driver], t, int(generator.config.img_resolution))
         generator.requires_grad_(False)          # only the offsets learn (the harness's inversion restores flags)
         frames, moved = [], []
         for i in range(0, t, batch):
@@ -88,15 +85,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from otavatar import inversion
-    from otavatar.inversion import InversionConfig
-    from otavatar.training.evaluate import default_pairs, evaluate_reenactment
+    from otavatar.training.evaluate import default_pairs, evaluate_reenactment, evaluation_inversion
     from otavatar.training.objective import ReconstructionLoss
     from otavatar.weights import load_models
 
     torch.set_num_threads(args.threads)
     generator = load_models(args.weights).generator.eval()
-    w_steps, wplus_steps = args.inversion_steps
-    config = InversionConfig(w_steps=max(1, w_steps), wplus_steps=wplus_steps, sr_steps=min(10, max(1, w_steps // 10)))
+    config = evaluation_inversion(*args.inversion_steps)
     # the same losses as `train evaluate` builds for the portrait's inversion
     losses = ReconstructionLoss.from_files(generator, weights=config.weights, identity_encoder="synthheads")
     truth_path = Path(args.data) / "truth.npz"

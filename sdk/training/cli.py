@@ -270,8 +270,7 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
              steps: tuple[int, int], lr: float, identity_encoder: str, json_out: str | None,
              threads: int | None, device: str) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
-    from otavatar.inversion import InversionConfig
-    from otavatar.training.evaluate import evaluate_reenactment
+    from otavatar.training.evaluate import evaluate_reenactment, evaluation_inversion
     from otavatar.weights import load_models
 
     _threads(threads)
@@ -279,8 +278,7 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     models = load_models(weights, device=where)
     if models.generator is None or (mode == "controller" and models.controller is None):
         raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
-    config = InversionConfig(w_steps=max(1, steps[0]), wplus_steps=steps[1], lr=lr,
-                             sr_steps=min(10, max(1, steps[0] // 10)))
+    config = evaluation_inversion(steps[0], steps[1], lr)
     from otavatar import inversion
     from otavatar.training.objective import ReconstructionLoss
 

@@ -99,7 +99,8 @@ from otavatar.training.objective import IntrinsicsCorrection, ReconstructionLoss
 from otavatar.training.run import RunDir, image_grid, resolve_device, step_streams, to_uint8
 from otavatar.training.spike_guard import Snapshot, SpikeGuard
 
-__all__ = ["DecoupleConfig", "DecoupleResult", "PairSampler", "train_controller", "SCHEDULES"]
+__all__ = ["DecoupleConfig", "DecoupleResult", "PairSampler", "train_controller", "SCHEDULES", "banked_codes",
+           "fresh_controller_for"]
 
 SCHEDULES = ("successive", "joint")
 _BANK = "code_bank."          # extra.safetensors prefix of the persistent codes
@@ -352,8 +353,6 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     init_codes: video name -> [w_dim] start of that video's code inversion (module docstring); videos without one
     start at w_avg. device: `otavatar.training.run.resolve_device` ("auto": this process's GPU if any); the run
     folder is the same on every device, so a run may be resumed on another."""
-    from otavatar.config import ControllerConfig
-    from otavatar.models import MotionController
     from otavatar.weights import load_models
 
     rank, world = _world()
@@ -367,9 +366,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         controller = loaded.controller.train()
     else:
         torch.manual_seed(config.seed)
-        controller = MotionController(ControllerConfig(num_ws=gcfg.num_ws, w_dim=gcfg.w_dim,
-                                                       descriptor_channels=min(256, 2 * gcfg.w_dim),
-                                                       use_pose=config.controller_pose)).train()
+        controller = fresh_controller_for(gcfg, use_pose=config.controller_pose).train()
     if controller.config.use_pose != config.controller_pose:
         raise ValueError(f"{prior}: its controller has use_pose={controller.config.use_pose}, the config asks for "
                          f"controller_pose={config.controller_pose}; start a fresh controller (fresh_controller) or "
@@ -391,7 +388,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         controller.load_state_dict(models.controller.state_dict())
         for prefix, module in (("ema_generator.", ema_g), ("ema_controller.", ema_c)):
             module.load_state_dict({k[len(prefix):]: v for k, v in extra.items() if k.startswith(prefix)})
-        bank = {k[len(_BANK):]: v.to(device) for k, v in extra.items() if k.startswith(_BANK)}
+        bank = banked_codes(extra, device)
         if guard is not None:
             guard.load_state_tensors(extra)
         start, seconds = state["step"], state["seconds"]
@@ -486,6 +483,22 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         bar.close()
     return DecoupleResult(generator=ema_g, controller=ema_c, iterations=done, seconds=time.perf_counter() - t0,
                           final_loss=last, run_dir=Path(out_dir))
+
+
+def fresh_controller_for(generator_config, *, use_pose: bool = True):
+    """A freshly initialised MotionController sized for a generator's config (num_ws, w_dim; a descriptor of
+    2 x w_dim channels, at most 256): the trainer's start under `fresh_controller`."""
+    from otavatar.config import ControllerConfig
+    from otavatar.models import MotionController
+
+    return MotionController(ControllerConfig(num_ws=generator_config.num_ws, w_dim=generator_config.w_dim,
+                                             descriptor_channels=min(256, 2 * generator_config.w_dim),
+                                             use_pose=use_pose))
+
+
+def banked_codes(extra: Mapping[str, Tensor], device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """video -> its banked code [w_dim], from a run's extra tensors (`extra.safetensors`; persistent_codes)."""
+    return {k[len(_BANK):]: v.to(device) for k, v in extra.items() if k.startswith(_BANK)}
 
 
 def _save(run, step, seconds, generator, controller, ema_g, ema_c, opt_g, opt_c, bank: Mapping[str, Tensor],

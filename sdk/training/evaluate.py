@@ -30,7 +30,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,7 +39,7 @@ from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error_per_co
                                        psnr, region_means, ssim)
 
 __all__ = ["PairResult", "ReenactmentReport", "evaluate_reenactment", "default_pairs", "json_safe", "MODES",
-           "READABLE_RATIO"]
+           "READABLE_RATIO", "pair_truth", "evaluation_inversion"]
 
 MODES = ("controller", "static")
 _METRICS = ("psnr", "ssim", "akd", "aed", "floor_akd", "floor_aed")
@@ -140,6 +140,26 @@ def default_pairs(truth: Any, videos_per_subject: int = 1) -> list[tuple[str, st
     return pairs
 
 
+def pair_truth(truth: Mapping[str, NDArray], source: int, driver: int, frames: int, resolution: int):
+    """(Motion, synthetic.render result) of the pair's ground truth: the `source` video's identity performing the
+    `driver` video's first `frames` frames of motion, from its cameras (indices into truth.npz's videos)."""
+    from otavatar.synthetic import Identity, Motion, render
+
+    motion = Motion(truth["controls"][driver][:frames], truth["angles"][driver][:frames],
+                    truth["translation"][driver][:frames])
+    who = Identity.sample(int(truth["identity_seed"][int(truth["subject"][source])]))
+    return motion, render(who, motion, resolution=resolution)
+
+
+def evaluation_inversion(w_steps: int, wplus_steps: int, lr: float = 0.01):
+    """The InversionConfig `train evaluate --steps W W+ --lr LR` inverts each portrait with (SR in the W stage's
+    last tenth, 1 to 10 steps)."""
+    from otavatar.inversion import InversionConfig
+
+    return InversionConfig(w_steps=max(1, w_steps), wplus_steps=wplus_steps, lr=lr,
+                           sr_steps=min(10, max(1, w_steps // 10)))
+
+
 def _lmdb_root(truth_npz: Path, lmdb_dir: str | os.PathLike | None) -> Path:
     return Path(lmdb_dir) if lmdb_dir is not None else truth_npz.parent
 
@@ -161,7 +181,6 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
     """
     import torch
 
-    from otavatar.synthetic import Identity, Motion, render
     from otavatar.training.lmdb_dataset import LmdbDataset
 
     if mode not in MODES:
@@ -208,7 +227,7 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
             coeffs = ds.controller_input(s)[0]                                # [70]
             camera = ds.cameras(s)[0]                                         # [25]
             landmarks = ds.keypoints(s, resolution=image.shape[0])[0]         # [68,2] px of `image`
-            motion = Motion(truth["controls"][i_d][:t], truth["angles"][i_d][:t], truth["translation"][i_d][:t])
+            motion, gt = pair_truth(truth, i_s, i_d, t, res)
             torch.manual_seed(seed)
             t0 = time.perf_counter()
             result = invert_fn(generator, ctrl, image, coeffs=coeffs, camera=camera, landmarks=landmarks,
@@ -217,8 +236,6 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
             generated = np.asarray(render_fn(generator, ctrl, result, motion.coeffs(), motion.cameras(),
                                              batch_size=8))
             t2 = time.perf_counter()
-            who = Identity.sample(int(truth["identity_seed"][int(truth["subject"][i_s])]))
-            gt = render(who, motion, resolution=res)
             if generated.shape != gt.images.shape or generated.dtype != np.uint8:
                 raise ValueError(f"render_motion gave {generated.dtype} {list(generated.shape)}; expected uint8 "
                                  f"{list(gt.images.shape)}")

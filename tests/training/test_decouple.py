@@ -57,12 +57,10 @@ def _fresh_controller_like(run):
 
 def _fresh_controller(generator):
     """The controller train_controller builds for `generator` (seeded by config.seed)."""
-    from otavatar.config import ControllerConfig
-    from otavatar.models import MotionController
+    from otavatar.training.decouple import fresh_controller_for
 
-    g = generator.config
     torch.manual_seed(0)
-    return MotionController(ControllerConfig(num_ws=g.num_ws, w_dim=g.w_dim, descriptor_channels=min(256, 2 * g.w_dim)))
+    return fresh_controller_for(generator.config)
 
 
 @pytest.mark.parametrize("schedule, changes", [("successive", False), ("joint", True)])
