@@ -31,9 +31,18 @@ __all__ = ["MetricDifference", "average_reports", "compare_reports", "comparison
 
 # metric -> higher is better. "aed_readable" is per pair the mean of aed_controls over the report's readable
 # controls (with equal frames per pair that is what the report's pooled aed_readable averages); "akd_<region>"
-# is the mean of akd_landmarks over that region (reports written before akd_landmarks existed have none).
+# is the mean of akd_landmarks over that region (reports written before akd_landmarks existed have none), and
+# "akd_detected_<region>" that of akd_detected_landmarks (round 15 on; earlier reports lack the detected metrics).
+_REGIONAL: dict[str, tuple[str, str]] = {
+    **{f"akd_{region}": ("akd_landmarks", region) for region in LANDMARK_REGIONS},
+    **{f"akd_detected_{region}": ("akd_detected_landmarks", region) for region in LANDMARK_REGIONS}}
 METRICS: dict[str, bool] = {"psnr": True, "ssim": True, "akd": False, "aed": False, "aed_readable": False,
-                            **{f"akd_{region}": False for region in LANDMARK_REGIONS}}
+                            **{f"akd_{region}": False for region in LANDMARK_REGIONS},
+                            "akd_detected": False, "aed_detected": False,
+                            **{f"akd_detected_{region}": False for region in LANDMARK_REGIONS}}
+# what a report must hold, in every pair, to give a metric (beyond the whole-report fields)
+_NEEDS: dict[str, str] = {**{m: column for m, (column, _) in _REGIONAL.items()},
+                          "akd_detected": "akd_detected_landmarks", "aed_detected": "aed_detected_controls"}
 Z_95 = 1.96
 
 
@@ -74,10 +83,11 @@ def _per_pair(report: Mapping[str, Any], metric: str, readable_index: Sequence[i
     out = {}
     for p in report["pairs"]:
         key = (str(p["source"]), str(p["driver"]))
-        if metric.startswith("akd_"):
-            if not p.get("akd_landmarks"):
-                raise ValueError(f"{metric} needs per-landmark AKD (akd_landmarks), which this report lacks")
-            out[key] = region_means(p["akd_landmarks"])[metric[4:]]
+        if metric in _NEEDS and not p.get(_NEEDS[metric]):
+            raise ValueError(f"{metric} needs {_NEEDS[metric]}, which this report lacks")
+        if metric in _REGIONAL:
+            column, region = _REGIONAL[metric]
+            out[key] = region_means(p[column])[region]
         elif metric == "aed_readable":
             out[key] = float(np.mean([p["aed_controls"][i] for i in readable_index])) if readable_index else math.nan
         else:
@@ -125,8 +135,8 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
     """
     keys_a = _matching_pair_keys({"A": a, "B": b})
     if metrics is None:
-        regional = all(p.get("akd_landmarks") for r in (a, b) for p in r["pairs"])
-        metrics = [m for m in METRICS if regional or not m.startswith("akd_")]
+        metrics = [m for m in METRICS
+                   if m not in _NEEDS or all(p.get(_NEEDS[m]) for r in (a, b) for p in r["pairs"])]
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
@@ -154,7 +164,9 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
     return rows
 
 
-_AVERAGED = ("psnr", "ssim", "akd", "aed", "aed_controls", "akd_landmarks")   # per-pair fields the average keeps
+# per-pair fields the average keeps
+_AVERAGED = ("psnr", "ssim", "akd", "aed", "aed_controls", "akd_landmarks", "akd_detected", "aed_detected",
+             "akd_detected_landmarks", "aed_detected_controls")
 
 
 def average_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

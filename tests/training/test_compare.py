@@ -106,6 +106,27 @@ def test_regional_akd_only_when_both_reports_hold_per_landmark_distances():
         compare_reports(a, b, metrics=["akd_mouth"])
 
 
+def test_detected_metrics_only_when_both_reports_hold_them():
+    a = _report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)
+    b = _report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)
+    for report, (whole, mouth, aed) in ((a, ([0.4, 0.5, 0.6], [0.5, 0.6, 0.7], 0.02)),
+                                        (b, ([0.9, 0.8, 1.2], [1.5, 1.4, 1.9], 0.05))):
+        for pair, w, m in zip(report["pairs"], whole, mouth):
+            pair.update(akd_detected=w, akd_detected_landmarks=[w] * 48 + [m] * 20,
+                        aed_detected=aed, aed_detected_controls=[aed] * len(CONTROLS))
+    rows = compare_reports(a, b)
+    assert _row(rows, "akd_detected").difference == pytest.approx(np.mean([-0.5, -0.3, -0.6]))
+    assert _row(rows, "akd_detected_mouth").difference == pytest.approx(np.mean([-1.0, -0.8, -1.2]))
+    assert _row(rows, "aed_detected").difference == pytest.approx(-0.03)
+    assert not any(r.metric.startswith("akd_") and "detected" not in r.metric for r in rows)   # no akd_landmarks
+    for pair in b["pairs"]:
+        del pair["akd_detected_landmarks"]
+    assert "akd_detected" not in {r.metric for r in compare_reports(a, b)}
+    assert "aed_detected" in {r.metric for r in compare_reports(a, b)}
+    with pytest.raises(ValueError, match="akd_detected_landmarks"):
+        compare_reports(a, b, metrics=["akd_detected"])
+
+
 def test_unknown_metric_is_refused():
     a = _report([4.0, 5.0], [_controls(0.1)] * 2)
     with pytest.raises(ValueError, match="unknown metric"):

@@ -103,6 +103,10 @@ def test_perfect_renderer_hits_the_probe_floor(micro, generator, probe):
     assert report.mean["akd_mouth"] == pytest.approx(np.mean(pair.akd_landmarks[48:]))
     assert report.mean["floor_akd_jaw"] == pytest.approx(np.mean(pair.floor_akd_landmarks[:17]))
     assert set(report.readable_controls) <= set(CONTROLS)
+    # one detector on both images: a perfect render reads exactly as the truth does
+    assert pair.akd_detected == 0.0 and pair.aed_detected == 0.0
+    assert len(pair.akd_detected_landmarks) == 68 and len(pair.aed_detected_controls) == len(CONTROLS)
+    assert report.mean["akd_detected"] == 0.0 and report.mean["akd_detected_mouth"] == 0.0
 
 
 def test_wrong_renderer_scores_worse_and_static_mode_drops_the_controller(micro, generator, probe):
@@ -110,6 +114,8 @@ def test_wrong_renderer_scores_worse_and_static_mode_drops_the_controller(micro,
     report = run(micro, generator, probe, stand, mode="static")
     (pair,) = report.pairs
     assert math.isfinite(pair.psnr) and pair.psnr < 30 and pair.ssim < 0.9
+    assert pair.akd_detected > 0 and np.mean(pair.akd_detected_landmarks) == pytest.approx(pair.akd_detected)
+    assert np.mean(pair.aed_detected_controls) == pytest.approx(pair.aed_detected)
     assert pair.source == pair.driver == "synth0002#00"
     assert all(c is None for _, c in stand.calls) and len(stand.calls) == 2
     seen = []
