@@ -1,4 +1,4 @@
-"""How many landmark pixels does expression move, and can the probe still see them in images as soft as ours?
+"""What motion transfer can gain on each reenactment metric at all: ground-truth renders scored as if models.
 
 Round 15 of docs/training.md. Scores two ground-truth "models" with the `train evaluate` protocol (same pairs,
 frames, probe and report format, so `otavatar train compare` pairs them with any model's report):
@@ -8,7 +8,10 @@ frames, probe and report format, so `otavatar train compare` pairs them with any
     static-truth   the same, except the expression is held at the source portrait's (its frame 0 controls): a
                    perfect generator with no controller, the best any (c) static identity can score
 
-Their difference is the most that motion transfer can gain on each metric with a perfect generator. --blur N
+Their difference is the most that motion transfer can gain on each metric with a perfect generator. --morph A
+renders both on a face A of the way from the source's to the driver's (every shape, colour and texture number
+interpolated; 1 is the driver's own face): a generator that transfers the motion perfectly onto a face whose
+geometry is off, as an inverted portrait's is, against the same face with no motion transfer. --blur N
 softens both by area-resizing every frame to N px and bilinearly back (the `tiny` generator renders at 32 px and
 super-resolves to 128), which asks whether that gain survives images as soft as the generator's; --calibrate
 WEIGHTS prints the mean gradient magnitude of that generator's static renders of the first pairs beside the
@@ -18,11 +21,13 @@ truth's at each blur, to say which blur matches it.
     python benchmarks/truth_headroom.py --data data/synth --what static-truth --json-out static-truth.json
     otavatar train compare truth.json static-truth.json          # the headroom, pair by pair
     python benchmarks/truth_headroom.py --data data/synth --what static-truth --blur 32 --json-out st32.json
+    python benchmarks/truth_headroom.py --data data/synth --what truth --morph 0.5 --json-out t-m05.json  # and so on
     python benchmarks/truth_headroom.py --data data/synth --calibrate sdk/weights/default/otavatar-tiny.safetensors
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -60,8 +65,19 @@ def truth_motion(truth: dict, source: int, driver: int, frames: int, what: str):
     return Motion(controls, truth["angles"][driver][:frames], truth["translation"][driver][:frames])
 
 
-def truth_renderer(truth: dict, pairs: list[tuple[str, str]], what: str, blur: int):
-    """A `render_fn` for evaluate_reenactment rendering the ground truth `what` of each pair, in `pairs` order."""
+def morph(source, driver, amount: float):
+    """The synthetic.Identity `amount` of the way from `source` to `driver` (0: source, 1: driver's face)."""
+    def lerp(a, b):
+        if isinstance(a, tuple):
+            return tuple(lerp(x, y) for x, y in zip(a, b))
+        return a + amount * (b - a) if isinstance(a, float) else a
+    return dataclasses.replace(source, **{f.name: lerp(getattr(source, f.name), getattr(driver, f.name))
+                                          for f in dataclasses.fields(source) if f.name != "seed"})
+
+
+def truth_renderer(truth: dict, pairs: list[tuple[str, str]], what: str, blur: int, amount: float = 0.0):
+    """A `render_fn` for evaluate_reenactment rendering the ground truth `what` of each pair, in `pairs` order, on
+    the source's face morphed `amount` of the way to the driver's."""
     from otavatar.synthetic import Identity, render
 
     index = {str(v): i for i, v in enumerate(truth["videos"])}
@@ -70,7 +86,9 @@ def truth_renderer(truth: dict, pairs: list[tuple[str, str]], what: str, blur: i
     def render_fn(generator, controller, result, coeffs, cameras, *, batch_size: int = 8):
         source, driver = queue.pop(0)
         s, d = index[source], index[driver]
-        who = Identity.sample(int(truth["identity_seed"][int(truth["subject"][s])]))
+        source_face, driver_face = (Identity.sample(int(truth["identity_seed"][int(truth["subject"][i])]))
+                                    for i in (s, d))
+        who = morph(source_face, driver_face, amount) if amount else source_face
         clip = render(who, truth_motion(truth, s, d, len(cameras), what),
                       resolution=int(generator.config.img_resolution))
         return soften(clip.images, blur)
@@ -106,6 +124,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="A SynthHeads dataset folder (truth.npz + LMDB).")
     parser.add_argument("--what", choices=WHAT, default="static-truth")
     parser.add_argument("--blur", type=int, default=0, help="soften through N px (0: sharp)")
+    parser.add_argument("--morph", type=float, default=0.0, help="the face: this far from the source's to the driver's")
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--videos-per-subject", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=128)
@@ -117,6 +136,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.blur < 0:
         parser.error(f"--blur must be >= 0, got {args.blur}")
+    if not 0.0 <= args.morph <= 1.0:
+        parser.error(f"--morph must be in [0, 1], got {args.morph}")
 
     from otavatar.training.evaluate import default_pairs, evaluate_reenactment
     from otavatar.training.metrics import LANDMARK_REGIONS
@@ -133,8 +154,9 @@ def main() -> None:
     report = evaluate_reenactment(stand_in, None, truth_npz=str(truth_path), pairs=pairs, frames=args.frames,
                                   mode="static", inversion=SimpleNamespace(),
                                   invert_fn=lambda *a, **k: SimpleNamespace(losses=None),
-                                  render_fn=truth_renderer(truth, pairs, args.what, args.blur))
-    report.notes.append(f"benchmarks/truth_headroom.py: generated = {args.what}, blur {args.blur or 'none'}")
+                                  render_fn=truth_renderer(truth, pairs, args.what, args.blur, args.morph))
+    report.notes.append(f"benchmarks/truth_headroom.py: generated = {args.what}, blur {args.blur or 'none'}, "
+                        f"face morphed {args.morph} of the way to the driver's")
     print(report.table())
     m = report.mean
     for name, prefix in (("AKD", "akd_"), ("detected AKD", "akd_detected_")):
