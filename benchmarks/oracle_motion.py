@@ -84,16 +84,14 @@ def main() -> None:
     parser.add_argument("--json-out")
     args = parser.parse_args()
 
-    from otavatar import inversion
-    from otavatar.training.evaluate import default_pairs, evaluate_reenactment, evaluation_inversion
-    from otavatar.training.objective import ReconstructionLoss
+    from otavatar.training.evaluate import (default_pairs, evaluate_reenactment, evaluation_inversion,
+                                            evaluation_inverter)
     from otavatar.weights import load_models
 
     torch.set_num_threads(args.threads)
     generator = load_models(args.weights).generator.eval()
     config = evaluation_inversion(*args.inversion_steps)
-    # the same losses as `train evaluate` builds for the portrait's inversion
-    losses = ReconstructionLoss.from_files(generator, weights=config.weights, identity_encoder="synthheads")
+    invert_fn, losses = evaluation_inverter(generator, config)     # the portrait's, as `train evaluate` inverts it
     truth_path = Path(args.data) / "truth.npz"
     with np.load(truth_path) as z:
         truth = {k: z[k] for k in z.files}
@@ -101,7 +99,7 @@ def main() -> None:
     render_fn = oracle_renderer(truth, pairs, losses, steps=args.steps, lr=args.lr, sr=not args.low_res_only)
     report = evaluate_reenactment(generator, None, truth_npz=str(truth_path), pairs=pairs, frames=args.frames,
                                   mode="static", inversion=config, render_fn=render_fn,
-                                  invert_fn=lambda *a, **k: inversion.invert(*a, losses=losses, **k))
+                                  invert_fn=invert_fn)
     print(report.table())
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report.to_dict(), indent=2))

@@ -99,17 +99,16 @@ def truth_renderer(truth: dict, pairs: list[tuple[str, str]], what: str, blur: i
 def calibrate(weights: str, truth_path: Path, pairs: list[tuple[str, str]], frames: int, blurs: list[int]) -> None:
     """Print the sharpness of `weights`' static renders of `pairs` beside the truth's at each blur."""
     from otavatar import inversion
-    from otavatar.training.evaluate import evaluate_reenactment, evaluation_inversion
-    from otavatar.training.objective import ReconstructionLoss
+    from otavatar.training.evaluate import evaluate_reenactment, evaluation_inversion, evaluation_inverter
     from otavatar.weights import load_models
 
     generator = load_models(weights).generator.eval()
     config = evaluation_inversion(30, 30)
-    losses = ReconstructionLoss.from_files(generator, weights=config.weights, identity_encoder="synthheads")
+    invert_fn, _ = evaluation_inverter(generator, config)
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     evaluate_reenactment(generator, None, truth_npz=str(truth_path), pairs=pairs, frames=frames, mode="static",
                          inversion=config, render_fn=inversion.render_motion,
-                         invert_fn=lambda *a, **k: inversion.invert(*a, losses=losses, **k),
+                         invert_fn=invert_fn,
                          on_pair=lambda result, generated, gt: seen.append((generated, gt)))
     generated = np.concatenate([g for g, _ in seen])
     gt = np.concatenate([t for _, t in seen])

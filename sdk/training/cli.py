@@ -270,7 +270,11 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
              steps: tuple[int, int], lr: float, identity_encoder: str, json_out: str | None,
              threads: int | None, device: str) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
-    from otavatar.training.evaluate import evaluate_reenactment, evaluation_inversion
+    import numpy as np
+
+    from otavatar import inversion
+    from otavatar.training.evaluate import (default_pairs, evaluate_reenactment, evaluation_inversion,
+                                            evaluation_inverter)
     from otavatar.weights import load_models
 
     _threads(threads)
@@ -279,23 +283,14 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     if models.generator is None or (mode == "controller" and models.controller is None):
         raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
     config = evaluation_inversion(steps[0], steps[1], lr)
-    from otavatar import inversion
-    from otavatar.training.objective import ReconstructionLoss
-
-    losses = ReconstructionLoss.from_files(models.generator, weights=config.weights,
-                                           identity_encoder=None if identity_encoder == "none" else identity_encoder
-                                           ).to(where)
-    import numpy as np
-
-    from otavatar.training.evaluate import default_pairs
-
+    invert_fn, _ = evaluation_inverter(models.generator, config,
+                                       None if identity_encoder == "none" else identity_encoder)
     truth = Path(data_dir) / "truth.npz"
     chosen = default_pairs(np.load(truth, allow_pickle=False), videos_per_subject)
     chosen = chosen if pairs is None else chosen[:pairs]
     report = evaluate_reenactment(models.generator, models.controller if mode == "controller" else None,
                                   truth_npz=str(truth), pairs=chosen, frames=frames, mode=mode,
-                                  inversion=config, render_fn=inversion.render_motion,
-                                  invert_fn=lambda *a, **k: inversion.invert(*a, losses=losses, **k))
+                                  inversion=config, render_fn=inversion.render_motion, invert_fn=invert_fn)
     click.echo(report.table())
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))

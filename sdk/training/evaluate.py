@@ -45,7 +45,7 @@ from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error_per_co
                                        psnr, region_means, ssim)
 
 __all__ = ["PairResult", "ReenactmentReport", "evaluate_reenactment", "default_pairs", "json_safe", "MODES",
-           "READABLE_RATIO", "pair_truth", "evaluation_inversion"]
+           "READABLE_RATIO", "pair_truth", "evaluation_inversion", "evaluation_inverter"]
 
 MODES = ("controller", "static")
 _METRICS = ("psnr", "ssim", "akd", "aed", "floor_akd", "floor_aed", "akd_detected", "aed_detected")
@@ -169,6 +169,18 @@ def evaluation_inversion(w_steps: int, wplus_steps: int, lr: float = 0.01):
 
     return InversionConfig(w_steps=max(1, w_steps), wplus_steps=wplus_steps, lr=lr,
                            sr_steps=min(10, max(1, w_steps // 10)))
+
+
+def evaluation_inverter(generator, config, identity_encoder: str | None = "synthheads"):
+    """(invert_fn, losses): the portrait inversion `train evaluate` runs with `config` (evaluation_inversion), its
+    losses built as that command builds them (identity_encoder: 'synthheads', an ArcFace file or None), and an
+    `invert_fn` for evaluate_reenactment that inverts with them."""
+    from otavatar import inversion
+    from otavatar.training.objective import ReconstructionLoss
+
+    losses = ReconstructionLoss.from_files(generator, weights=config.weights, identity_encoder=identity_encoder)
+    losses = losses.to(next(generator.parameters()).device)
+    return (lambda *a, **k: inversion.invert(*a, losses=losses, **k)), losses
 
 
 def _lmdb_root(truth_npz: Path, lmdb_dir: str | os.PathLike | None) -> Path:
