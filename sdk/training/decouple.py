@@ -71,6 +71,15 @@ one step (it needs both frames' gradients), instead of one step per frame. Nothi
 shared motion, so pair it with `pin_mean_windows` (round 7 of docs/training.md: with the neutral pin the motion
 exploded in both schedules, rms 458 after 290 successive iterations; with the mean pin both ran level for 42 min).
 
+`controller_fresh_frames=True` (`--controller-fresh-frames`; successive schedule) renders each of the N_mo controller
+steps on a new pair of frames of the batch's videos, with each video's code and intrinsics correction as the code
+steps left them (frozen). The code is the video's identity, so any of its frames fits the decoupling premise; drawn
+again, the controller's steps see 2 x N_mo frames per video instead of the same 2 N_mo times (round 8 of
+docs/training.md: 3 steps in a row on one pair let the controller fit that pair, rms 0.18). The joint schedule has no
+code-frozen steps, so the option does not change it (its matched ablation is the same command with
+`--schedule joint`). The redraws come from their own random stream, so the iterations' batches stay those of a run
+without the option. The refine step keeps the batch's own frames.
+
 `spike_guard=3.0` (the default; None turns it off) rolls back an iteration whose loss is non-finite or above 3x the
 median of the last 25 accepted ones (networks and optimisers restored, its codes and EMA update discarded) and halves
 the controller lr for the rest of the run (`otavatar.training.spike_guard`: at the published lr, runs of either
@@ -125,6 +134,7 @@ class DecoupleConfig:
     finetune_generator: bool = True    # step (b) also updates the generator
     controller_pose: bool = True       # a fresh controller's use_pose (ControllerConfig; published if_use_pose)
     differential_grad: bool = False    # the controller learns only the frames' differences (module docstring)
+    controller_fresh_frames: bool = False   # successive: each controller step on a new pair of frames (docstring)
     spike_guard: float | None = 3.0    # roll back an iteration whose loss > this x the recent median (docstring)
     spike_lr_factor: float = 0.5       # ... and multiply the controller lr by this for the rest of the run
     lr_code: float = 0.01
@@ -427,6 +437,13 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                                              codes, warm_rng, progress=progress and rank == 0)
             if rank == 0:
                 run.log(0, {"warmup": warm_loss})
+        redraw_rng = np.random.default_rng([config.seed, rank, 4, start])    # its own stream: batches unchanged
+
+        def redraw(batch: Batch) -> Callable[[], Batch] | None:
+            if not config.controller_fresh_frames or config.schedule != "successive":
+                return None
+            return lambda: sampler.sample_videos(batch.videos, redraw_rng)
+
         # what one iteration changes, for the guard to put back: the generator only when it is fine-tuned
         changed = ([controller, generator], [opt_c, opt_g]) if config.finetune_generator else ([controller], [opt_c])
         for it in range(start, config.iterations):
@@ -435,7 +452,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
             it_config = config if guard is None or guard.lr_scale == 1 else replace(
                 config, lr_controller=config.lr_controller * guard.lr_scale)
             values, preview, final = _iteration(generator, controller, losses, batch, it_config, opt_c, opt_g,
-                                                dens_rng, {**codes, **bank}, pin=pin)
+                                                dens_rng, {**codes, **bank}, pin=pin, redraw=redraw(batch))
             last = values["refine"] if config.refine else values["inversion"]
             if guard is None and not math.isfinite(last):
                 raise FloatingPointError(f"iteration {it}: the loss became {last}")
@@ -624,10 +641,12 @@ def _check_init_codes(init_codes: Mapping[str, Tensor] | None, w_dim: int,
 
 
 def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, config: DecoupleConfig,
-               opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None, *, pin: Callable | None = None
-               ) -> tuple[dict[str, float], Tensor, Tensor]:
+               opt_c, opt_g, dens_rng, init_codes: Mapping[str, Tensor] | None = None, *, pin: Callable | None = None,
+               redraw: Callable[[], Batch] | None = None) -> tuple[dict[str, float], Tensor, Tensor]:
     """One iteration -> (logged values, preview images [B,3,R,R], the inverted codes [B,w_dim]).
-    pin: the re-centring after every controller step, `_pinning(config, sampler)` (None: none)."""
+    pin: the re-centring after every controller step, `_pinning(config, sampler)` (None: none).
+    redraw: new frames of the batch's videos, in its order, for every controller-only step (controller_fresh_frames;
+    None: every step renders the batch's frames)."""
     b = batch.images.shape[0]
     images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video
     windows = batch.windows.flatten(0, 1)                # [2B,70,27]
@@ -649,10 +668,15 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         train_controller_now = config.schedule == "joint" or i >= config.identity_steps
         train_code_now = config.schedule == "joint" or i < config.identity_steps
         sr = i >= config.inversion_steps - config.sr_steps
+        step_frames = (images, windows, cameras, landmarks)
+        if redraw is not None and not train_code_now:
+            fresh = redraw()
+            step_frames = tuple(t.flatten(0, 1) for t in (fresh.images, fresh.windows, fresh.cameras, fresh.landmarks))
+        step_images, step_windows, step_cameras, step_landmarks = step_frames
         with torch.set_grad_enabled(train_controller_now):
-            motion = _motion(controller, windows, config)                       # [2B,num_ws,w_dim]
-        ws, cam = _frame_inputs(code, motion, cameras, correction, 2, w_avg, config)
-        rec = losses(generator, ws, cam, images, landmarks, super_resolve=sr,
+            motion = _motion(controller, step_windows, config)                  # [2B,num_ws,w_dim]
+        ws, cam = _frame_inputs(code, motion, step_cameras, correction, 2, w_avg, config)
+        rec = losses(generator, ws, cam, step_images, step_landmarks, super_resolve=sr,
                      weights=config.controller_weights if train_controller_now else w)
         dens = density_regularizers(generator, rec.planes, points=config.density_points, rng=dens_rng)
         loss = rec.loss + w.monotonic * dens.monotonic + w.tv * dens.tv

@@ -415,6 +415,47 @@ def test_controller_local_weight_applies_where_the_controller_learns(micro_datas
     assert replace(cfg, controller_local_weight=None).controller_weights == cfg.weights
 
 
+@pytest.mark.parametrize("schedule", ["successive", "joint"])
+def test_controller_fresh_frames_give_each_controller_step_new_frames_of_the_same_videos(
+        micro_dataset, random_prior, tmp_path, monkeypatch, schedule):
+    """successive: the code step renders the batch's frames, each controller step a redraw of the same videos (one
+    redraw per step), the refine the batch's frames again; the iterations' batches are those of a run without the
+    option. joint has no controller-only step, so nothing is redrawn."""
+    from otavatar.training.decouple import PairSampler
+    from otavatar.training.objective import ReconstructionLoss
+
+    rendered, redrawn = [], []
+    forward, sample_videos = ReconstructionLoss.forward, PairSampler.sample_videos
+
+    def spy_forward(self, generator, ws, cameras, images, *args, **kwargs):
+        rendered.append(images.detach().clone())
+        return forward(self, generator, ws, cameras, images, *args, **kwargs)
+
+    def spy_sample_videos(self, videos, rng):
+        batch = sample_videos(self, videos, rng)
+        redrawn.append((list(videos), batch.images.flatten(0, 1).clone()))
+        return batch
+
+    monkeypatch.setattr(ReconstructionLoss, "forward", spy_forward)
+    monkeypatch.setattr(PairSampler, "sample_videos", spy_sample_videos)
+    calls = _spy_iterations(monkeypatch)
+    cfg = _config(schedule=schedule, batch=2, inversion_steps=3, controller_steps=2, differential_grad=True,
+                  finetune_generator=False)
+    train_controller(micro_dataset, random_prior, tmp_path / "on", replace(cfg, controller_fresh_frames=True),
+                     progress=False, identity_encoder=None)
+    batch_images = calls[0]["images"].flatten(0, 1)
+    assert torch.equal(rendered[0], batch_images)                       # the code step
+    assert torch.equal(rendered[-1], batch_images)                      # the refine (both frames in one step)
+    if schedule == "joint":
+        assert redrawn == []
+        assert all(torch.equal(images, batch_images) for images in rendered)
+    else:
+        assert [videos for videos, _ in redrawn] == [calls[0]["videos"]] * 2
+        assert all(torch.equal(rendered[1 + k], images) for k, (_, images) in enumerate(redrawn))
+    train_controller(micro_dataset, random_prior, tmp_path / "off", cfg, progress=False, identity_encoder=None)
+    assert torch.equal(calls[1]["images"], calls[0]["images"])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_cuda_run_matches_the_cpu_run_and_resumes_on_the_cpu(micro_dataset, random_prior, tmp_path):
