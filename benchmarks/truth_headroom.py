@@ -107,8 +107,7 @@ def calibrate(weights: str, truth_path: Path, pairs: list[tuple[str, str]], fram
     invert_fn, _ = evaluation_inverter(generator, config)
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     evaluate_reenactment(generator, None, truth_npz=str(truth_path), pairs=pairs, frames=frames, mode="static",
-                         inversion=config, render_fn=inversion.render_motion,
-                         invert_fn=invert_fn,
+                         inversion=config, render_fn=inversion.render_motion, invert_fn=invert_fn,
                          on_pair=lambda result, generated, gt: seen.append((generated, gt)))
     generated = np.concatenate([g for g, _ in seen])
     gt = np.concatenate([t for _, t in seen])

@@ -228,6 +228,11 @@ class Batch:
     landmarks: Tensor     # [B,2,68,2] px of the R-px images
     videos: list[str] = field(default_factory=list)   # [B] video names
 
+    def frames(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(images [2B,3,R,R], windows [2B,70,27], cameras [2B,25], landmarks [2B,68,2]): every frame, the two frames
+        of each video adjacent."""
+        return tuple(t.flatten(0, 1) for t in (self.images, self.windows, self.cameras, self.landmarks))
+
     def to(self, device: torch.device) -> "Batch":
         return Batch(images=self.images.to(device), windows=self.windows.to(device), cameras=self.cameras.to(device),
                      landmarks=self.landmarks.to(device), videos=self.videos)
@@ -440,12 +445,6 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
             if rank == 0:
                 run.log(0, {"warmup": warm_loss})
         redraw_rng = np.random.default_rng([config.seed, rank, 4, start])    # its own stream: batches unchanged
-
-        def redraw(batch: Batch) -> Callable[[], Batch] | None:
-            if not config.controller_fresh_frames or config.schedule != "successive":
-                return None
-            return lambda: sampler.sample_videos(batch.videos, redraw_rng)
-
         # what one iteration changes, for the guard to put back: the generator only when it is fine-tuned
         changed = ([controller, generator], [opt_c, opt_g]) if config.finetune_generator else ([controller], [opt_c])
         for it in range(start, config.iterations):
@@ -453,8 +452,11 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
             snapshot = None if guard is None else Snapshot(*changed)
             it_config = config if guard is None or guard.lr_scale == 1 else replace(
                 config, lr_controller=config.lr_controller * guard.lr_scale)
+            # new frames of this batch's videos for the successive controller steps (called within this iteration)
+            redraw = ((lambda: sampler.sample_videos(batch.videos, redraw_rng))
+                      if config.controller_fresh_frames else None)
             values, preview, final = _iteration(generator, controller, losses, batch, it_config, opt_c, opt_g,
-                                                dens_rng, {**codes, **bank}, pin=pin, redraw=redraw(batch))
+                                                dens_rng, {**codes, **bank}, pin=pin, redraw=redraw)
             last = values["refine"] if config.refine else values["inversion"]
             if guard is None and not math.isfinite(last):
                 raise FloatingPointError(f"iteration {it}: the loss became {last}")
@@ -650,10 +652,7 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
     redraw: new frames of the batch's videos, in its order, for every controller-only step (controller_fresh_frames;
     None: every step renders the batch's frames)."""
     b = batch.images.shape[0]
-    images = batch.images.flatten(0, 1)                  # [2B,3,R,R] frame-major per video
-    windows = batch.windows.flatten(0, 1)                # [2B,70,27]
-    cameras = batch.cameras.flatten(0, 1)                # [2B,25]
-    landmarks = batch.landmarks.flatten(0, 1)            # [2B,68,2]
+    images, windows, cameras, landmarks = batch.frames()   # [2B,...]: the two frames of each video adjacent
     w_avg = generator.w_avg.detach()
     starts = [init_codes.get(v, w_avg) for v in batch.videos] if init_codes and batch.videos else [w_avg] * b
     code = torch.stack(starts)[:, None].clone().requires_grad_(True)        # [B,1,w_dim] (W space)
@@ -670,11 +669,9 @@ def _iteration(generator, controller, losses: ReconstructionLoss, batch: Batch, 
         train_controller_now = config.schedule == "joint" or i >= config.identity_steps
         train_code_now = config.schedule == "joint" or i < config.identity_steps
         sr = i >= config.inversion_steps - config.sr_steps
-        step_frames = (images, windows, cameras, landmarks)
-        if redraw is not None and not train_code_now:
-            fresh = redraw()
-            step_frames = tuple(t.flatten(0, 1) for t in (fresh.images, fresh.windows, fresh.cameras, fresh.landmarks))
-        step_images, step_windows, step_cameras, step_landmarks = step_frames
+        redrawn = redraw is not None and not train_code_now
+        step_images, step_windows, step_cameras, step_landmarks = (redraw().frames() if redrawn else
+                                                                   (images, windows, cameras, landmarks))
         with torch.set_grad_enabled(train_controller_now):
             motion = _motion(controller, step_windows, config)                  # [2B,num_ws,w_dim]
         ws, cam = _frame_inputs(code, motion, step_cameras, correction, 2, w_avg, config)
