@@ -13,6 +13,12 @@ and the same split for the motion with the pose inputs zeroed. A controller that
 variance explained by the controls and little between-video variance; one that absorbed identity has the reverse.
 Used in docs/training.md (round 6). Only controller forwards: seconds on a CPU.
 
+It also reports where the motion can point at all: every motion is a mix of the K orthonormal directions of the
+controller's basis (QR of `direction.weight`), so it lives in a K-dimensional subspace of W. `basis` gives the
+direction matrix's rms (its scale; the basis does not depend on it) and the overlap of the basis with that of the
+fresh controller the trainer starts from with `--init-seed` (the mean squared cosine of their principal angles: 1 =
+the same subspace, K / w_dim = unrelated), and with every other file's (round 17 of docs/training.md).
+
     python benchmarks/controller_motion_anatomy.py runs/r11-successive/ema.safetensors runs/r11-joint/ema.safetensors \
         --data data/synth [--split train|test]
 """
@@ -62,11 +68,36 @@ def anatomy(controller, truth: dict, lmdb_dir: Path, split: str) -> dict:
                 np.concatenate([c, p], 1), m), "frames": int(len(m))}
 
 
+def basis_overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared cosine of the principal angles between the column spaces of two orthonormal [w_dim, K] bases."""
+    return float((a.T @ b).pow(2).sum() / a.shape[1])
+
+
+def basis_report(controllers: dict, seed: int) -> dict:
+    """Per controller: its direction matrix's rms, and its basis's overlap with the seeded fresh start's and with
+    every other controller's (module docstring)."""
+    from otavatar.training.decouple import fresh_controller_for
+
+    first = next(iter(controllers.values()))
+    torch.manual_seed(seed)              # the trainer seeds its fresh controller with config.seed the same way
+    start = fresh_controller_for(first.config, use_pose=first.config.use_pose).eval()
+    with torch.no_grad():
+        bases = {name: c.basis() for name, c in controllers.items()}
+        start_basis = start.basis()
+    return {name: {"scale": float(c.direction.weight.pow(2).mean().sqrt()),
+                   "overlap_with_start": basis_overlap(bases[name], start_basis),
+                   "overlap_unrelated": bases[name].shape[1] / bases[name].shape[0],
+                   "overlap_with": {other: basis_overlap(bases[name], bases[other]) for other in bases
+                                    if other != name}}
+            for name, c in controllers.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("weights", nargs="+")
     ap.add_argument("--data", required=True, help="A SynthHeads dataset folder (truth.npz + LMDB).")
     ap.add_argument("--split", default="train", choices=["train", "test"])
+    ap.add_argument("--init-seed", type=int, default=0, help="The runs' --seed (their fresh controller's).")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     data = Path(args.data)
@@ -74,12 +105,16 @@ def main() -> None:
         truth = {k: z[k] for k in z.files}
     lmdb_dir = data / str(int(truth["resolution"]))
     report = {}
-    for path in args.weights:
-        controller = load_models(path).controller.eval()
+    controllers = {path: load_models(path).controller.eval() for path in args.weights}
+    bases = basis_report(controllers, args.init_seed)
+    for path, controller in controllers.items():
         full = anatomy(controller, truth, lmdb_dir, args.split)
         no_pose = anatomy(controller.without_pose().eval(), truth, lmdb_dir, args.split)
-        report[path] = {"motion": full, "pose_inputs_zeroed": no_pose}
-        print(f"{path}\n  motion:          {_fmt(full)}\n  pose zeroed:     {_fmt(no_pose)}")
+        report[path] = {"motion": full, "pose_inputs_zeroed": no_pose, "basis": bases[path]}
+        b = bases[path]
+        print(f"{path}\n  motion:          {_fmt(full)}\n  pose zeroed:     {_fmt(no_pose)}\n"
+              f"  basis:           scale {b['scale']:.3f}  overlap with the fresh start {b['overlap_with_start']:.3f} "
+              f"(unrelated: {b['overlap_unrelated']:.3f})")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
 

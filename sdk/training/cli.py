@@ -177,6 +177,10 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
               help="Successive schedule: each controller step (code frozen) renders a new pair of frames of the "
                    "batch's videos instead of the same pair again (otavatar.training.decouple; the joint schedule "
                    "has no such steps and is unchanged).")
+@click.option("--basis-init-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --fresh-controller: draw the direction matrix N(0, s^2) instead of the published N(0, 1). "
+                   "Its orthonormal basis is the same; AdamW then turns it as fast as the published run's late "
+                   "iterations do (otavatar.training.decouple; docs/training.md, round 17).")
 @click.option("--controller-local-weight", type=click.FloatRange(min=0), default=None,
               help="The mouth + eyes L1 weight in every loss that updates the controller (successive: its steps; "
                    "joint: every step; both: the refine); default: the published 10 everywhere.")
@@ -200,7 +204,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                warmup_code_steps: int, warmup_lr_code: float | None, refresh_codes_every: int, ws_clamp: float,
                pin_neutral: bool, pin_mean_windows: int, fresh_controller: bool, finetune_generator: bool,
                controller_pose: bool, differential_grad: bool, controller_fresh_frames: bool,
-               controller_local_weight: float | None, spike_guard: float, ema: float, max_minutes: float | None,
+               basis_init_scale: float | None, controller_local_weight: float | None, spike_guard: float, ema: float, max_minutes: float | None,
                seed: int, resume: bool, threads: int | None, device: str) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller
@@ -227,7 +231,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                                 warmup_lr_code=warmup_lr_code, refresh_codes_every=refresh_codes_every,
                                 clamp=ws_clamp or None, finetune_generator=finetune_generator,
                                 controller_pose=controller_pose, differential_grad=differential_grad,
-                                controller_fresh_frames=controller_fresh_frames,
+                                controller_fresh_frames=controller_fresh_frames, basis_init_scale=basis_init_scale,
                                 controller_local_weight=controller_local_weight, spike_guard=spike_guard or None,
                                 ema=ema, max_minutes=max_minutes, seed=seed)
         encoder = None if identity_encoder == "none" else identity_encoder

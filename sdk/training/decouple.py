@@ -82,6 +82,15 @@ without the option. The refine step keeps the batch's own frames. Measured (roun
 steps per iteration it made the motion 3x larger and less explained by expression than one step on the batch's
 frames, and the jaw AED worse; one controller step per iteration stays the better CPU recipe.
 
+`basis_init_scale=s` (`--basis-init-scale`; a fresh controller only) draws the direction matrix N(0, s^2) instead of
+the published N(0, 1). The controller's motion is a mix of the K orthonormal directions of its QR, which do not
+depend on the matrix's scale, so the start is the same function. What changes is how fast AdamW turns them: its
+steps are about lr per element whatever the scale, so the angle per step is about lr / scale, and the weight decay
+(1 x lr per step) shrinks the scale towards an equilibrium of a few hundredths that the published run reaches in its
+first few thousand steps. A CPU run never gets there: the shipped controller's directions after 916 steps still span
+98% of its random start's subspace (scale 0.42), the matched joint run's, after 4,600 steps, 82% (scale 0.07), so
+every controller's motion lived in an almost random 20-dimensional slice of W (round 17 of docs/training.md).
+
 `spike_guard=3.0` (the default; None turns it off) rolls back an iteration whose loss is non-finite or above 3x the
 median of the last 25 accepted ones (networks and optimisers restored, its codes and EMA update discarded) and halves
 the controller lr for the rest of the run (`otavatar.training.spike_guard`: at the published lr, runs of either
@@ -137,6 +146,7 @@ class DecoupleConfig:
     controller_pose: bool = True       # a fresh controller's use_pose (ControllerConfig; published if_use_pose)
     differential_grad: bool = False    # the controller learns only the frames' differences (module docstring)
     controller_fresh_frames: bool = False   # successive: each controller step on a new pair of frames (docstring)
+    basis_init_scale: float | None = None   # a fresh controller's direction matrix ~ N(0, s^2) (docstring; None: 1)
     spike_guard: float | None = 3.0    # roll back an iteration whose loss > this x the recent median (docstring)
     spike_lr_factor: float = 0.5       # ... and multiply the controller lr by this for the rest of the run
     lr_code: float = 0.01
@@ -190,6 +200,8 @@ class DecoupleConfig:
             raise ValueError("warmup_code_steps banks a code per video: it needs persistent_codes=True")
         if self.spike_guard is not None:
             SpikeGuard(self.spike_guard, self.spike_lr_factor)          # validates both
+        if self.basis_init_scale is not None and not self.basis_init_scale > 0:
+            raise ValueError(f"basis_init_scale must be > 0 or None, got {self.basis_init_scale}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if isinstance(self.weights, dict):
@@ -383,7 +395,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
         controller = loaded.controller.train()
     else:
         torch.manual_seed(config.seed)
-        controller = fresh_controller_for(gcfg, use_pose=config.controller_pose).train()
+        controller = fresh_controller_for(gcfg, use_pose=config.controller_pose,
+                                          basis_scale=config.basis_init_scale or 1.0).train()
     if controller.config.use_pose != config.controller_pose:
         raise ValueError(f"{prior}: its controller has use_pose={controller.config.use_pose}, the config asks for "
                          f"controller_pose={config.controller_pose}; start a fresh controller (fresh_controller) or "
@@ -506,15 +519,20 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                           final_loss=last, run_dir=Path(out_dir))
 
 
-def fresh_controller_for(generator_config, *, use_pose: bool = True):
+def fresh_controller_for(generator_config, *, use_pose: bool = True, basis_scale: float = 1.0):
     """A freshly initialised MotionController sized for a generator's config (num_ws, w_dim; a descriptor of
-    2 x w_dim channels, at most 256): the trainer's start under `fresh_controller`."""
+    2 x w_dim channels, at most 256): the trainer's start under `fresh_controller`. basis_scale multiplies the
+    direction matrix (published N(0,1)); its orthonormal basis, and so the controller's output, is unchanged
+    (`DecoupleConfig.basis_init_scale`)."""
     from otavatar.config import ControllerConfig
     from otavatar.models import MotionController
 
-    return MotionController(ControllerConfig(num_ws=generator_config.num_ws, w_dim=generator_config.w_dim,
-                                             descriptor_channels=min(256, 2 * generator_config.w_dim),
-                                             use_pose=use_pose))
+    controller = MotionController(ControllerConfig(num_ws=generator_config.num_ws, w_dim=generator_config.w_dim,
+                                                   descriptor_channels=min(256, 2 * generator_config.w_dim),
+                                                   use_pose=use_pose))
+    with torch.no_grad():
+        controller.direction.weight.mul_(basis_scale)
+    return controller
 
 
 def banked_codes(extra: Mapping[str, Tensor], device: str | torch.device = "cpu") -> dict[str, Tensor]:

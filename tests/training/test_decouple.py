@@ -473,6 +473,25 @@ def test_a_cuda_run_matches_the_cpu_run_and_resumes_on_the_cpu(micro_dataset, ra
     assert result.iterations == 2 and math.isfinite(result.final_loss)
 
 
+def test_basis_init_scale_shrinks_the_direction_matrix_not_the_controllers_motion(micro_dataset, random_prior,
+                                                                                  tmp_path, monkeypatch):
+    from otavatar.training.decouple import fresh_controller_for
+
+    generator = load_models(random_prior).generator
+    published = _fresh_controller(generator)
+    torch.manual_seed(0)
+    small = fresh_controller_for(generator.config, basis_scale=0.05)
+    torch.testing.assert_close(small.direction.weight, 0.05 * published.direction.weight)
+    windows = torch.randn(3, 70, 27)
+    with torch.no_grad():                    # the QR basis is scale-free: the same motion from the same start
+        torch.testing.assert_close(small(windows), published(windows), atol=1e-6, rtol=1e-5)
+    # the trainer builds its fresh controller with the config's scale
+    calls = _spy_iterations(monkeypatch)
+    train_controller(micro_dataset, random_prior, tmp_path / "run", replace(_config(), basis_init_scale=0.05),
+                     progress=False, identity_encoder=None, fresh_controller=True)
+    torch.testing.assert_close(calls[0]["controller"], torch.cat([p.detach().flatten() for p in small.parameters()]))
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="schedule"):
         DecoupleConfig(schedule="alternate")
@@ -488,6 +507,8 @@ def test_config_validation():
         DecoupleConfig(spike_guard=0.5)
     with pytest.raises(ValueError, match="controller_local_weight"):
         DecoupleConfig(controller_local_weight=-1.0)
+    with pytest.raises(ValueError, match="basis_init_scale"):
+        DecoupleConfig(basis_init_scale=0.0)
     assert DecoupleConfig().identity_steps == 90          # spec 3.4: 90 + 10 of 100
 
 

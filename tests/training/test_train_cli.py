@@ -63,7 +63,8 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     assert result.exit_code != 0 and "--init-codes and --multiview go together" in result.output
     result = _run(*args, "--multiview", str(mv), "--persistent-codes", "--fresh-controller", "--warmup-code-steps",
                   "1", "--warmup-lr-code", "0.03", "--freeze-generator", "--ema", "0.99", "--spike-guard", "0",
-                  "--controller-local-weight", "20", "--controller-fresh-frames", "--device", "cpu")
+                  "--controller-local-weight", "20", "--controller-fresh-frames", "--basis-init-scale", "0.1",
+                  "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ctrl" / "ema.safetensors").is_file()
     recorded = json.loads((tmp_path / "ctrl" / "config.json").read_text())
@@ -74,6 +75,7 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     assert recorded["decouple"]["spike_guard"] is None                   # 0 turns the guard off
     assert recorded["decouple"]["controller_local_weight"] == 20
     assert recorded["decouple"]["controller_fresh_frames"] is True
+    assert recorded["decouple"]["basis_init_scale"] == 0.1
     assert "device" not in json.dumps(recorded)             # a run may be resumed on another device
 
     # the held-out evaluation of what the controller trainer wrote
