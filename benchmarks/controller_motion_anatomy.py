@@ -84,7 +84,7 @@ def basis_report(controllers: dict, seed: int) -> dict:
     with torch.no_grad():
         bases = {name: c.basis() for name, c in controllers.items()}
         start_basis = start.basis()
-    return {name: {"scale": float(c.direction.weight.pow(2).mean().sqrt()),
+    return {name: {"scale": float(c.direction.weight.detach().pow(2).mean().sqrt()),
                    "overlap_with_start": basis_overlap(bases[name], start_basis),
                    "overlap_unrelated": bases[name].shape[1] / bases[name].shape[0],
                    "overlap_with": {other: basis_overlap(bases[name], bases[other]) for other in bases
