@@ -86,10 +86,14 @@ frames, and the jaw AED worse; one controller step per iteration stays the bette
 the published N(0, 1). The controller's motion is a mix of the K orthonormal directions of its QR, which do not
 depend on the matrix's scale, so the start is the same function. What changes is how fast AdamW turns them: its
 steps are about lr per element whatever the scale, so the angle per step is about lr / scale, and the weight decay
-(1 x lr per step) shrinks the scale towards an equilibrium of a few hundredths that the published run reaches in its
-first few thousand steps. A CPU run never gets there: the shipped controller's directions after 916 steps still span
-98% of its random start's subspace (scale 0.42), the matched joint run's, after 4,600 steps, 82% (scale 0.07), so
-every controller's motion lived in an almost random 20-dimensional slice of W (round 17 of docs/training.md).
+(1 x lr per step) shrinks the scale towards the equilibrium where the two balance, about 0.013 at the published lr
+and betas, which the published run reaches after 4-5 thousand of its 22,000+ controller steps. A CPU run never gets
+there: the shipped controller's directions after 916 steps still span 98% of its random start's subspace (scale
+0.42), the matched joint run's, after 4,600 steps, 82% (scale 0.07), so every controller's motion lived in an almost
+random 20-dimensional slice of W. Measured (round 17 of docs/training.md), s = 0.05: the successive model became the
+best on landmarks so far and tied the joint ablation on expression error on one held-out set (trailing it within
+noise on the other); the joint controller's directions wandered into an unrelated subspace over its 4,600 steps and
+its jaw error rose.
 
 `spike_guard=3.0` (the default; None turns it off) rolls back an iteration whose loss is non-finite or above 3x the
 median of the last 25 accepted ones (networks and optimisers restored, its codes and EMA update discarded) and halves
@@ -392,6 +396,9 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     generator = loaded.generator.train()
     gcfg = generator.config
     if loaded.controller is not None and not fresh_controller:
+        if config.basis_init_scale is not None:
+            raise ValueError(f"basis_init_scale draws a fresh controller, but {prior} holds a controller to start "
+                             "from: pass fresh_controller (--fresh-controller) or leave the scale unset")
         controller = loaded.controller.train()
     else:
         torch.manual_seed(config.seed)

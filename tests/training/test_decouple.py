@@ -490,6 +490,14 @@ def test_basis_init_scale_shrinks_the_direction_matrix_not_the_controllers_motio
     train_controller(micro_dataset, random_prior, tmp_path / "run", replace(_config(), basis_init_scale=0.05),
                      progress=False, identity_encoder=None, fresh_controller=True)
     torch.testing.assert_close(calls[0]["controller"], torch.cat([p.detach().flatten() for p in small.parameters()]))
+    # a prior file's controller is not redrawn: asking for a scale there is an error, not a silent no-op
+    from otavatar.weights import save_models
+
+    both = tmp_path / "both.safetensors"
+    save_models(both, generator=generator, controller=published)
+    with pytest.raises(ValueError, match="fresh_controller"):
+        train_controller(micro_dataset, both, tmp_path / "kept", replace(_config(), basis_init_scale=0.05),
+                         progress=False, identity_encoder=None)
 
 
 def test_config_validation():
