@@ -177,7 +177,7 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
               help="Successive schedule: each controller step (code frozen) renders a new pair of frames of the "
                    "batch's videos instead of the same pair again (otavatar.training.decouple; the joint schedule "
                    "has no such steps and is unchanged).")
-@click.option("--basis-init-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--basis-init-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="With --fresh-controller: draw the direction matrix N(0, s^2) instead of the published N(0, 1). "
                    "Its orthonormal directions are the same; AdamW turns them about 1/s times as fast, as the "
                    "published run's later steps do (otavatar.training.decouple; docs/training.md, round 17).")
@@ -204,7 +204,7 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
                warmup_code_steps: int, warmup_lr_code: float | None, refresh_codes_every: int, ws_clamp: float,
                pin_neutral: bool, pin_mean_windows: int, fresh_controller: bool, finetune_generator: bool,
                controller_pose: bool, differential_grad: bool, controller_fresh_frames: bool,
-               basis_init_scale: float | None, controller_local_weight: float | None, spike_guard: float, ema: float,
+               basis_init_scale: float, controller_local_weight: float | None, spike_guard: float, ema: float,
                max_minutes: float | None, seed: int, resume: bool, threads: int | None, device: str) -> None:
     """Decoupling-by-inverting (writes OUT/ema.safetensors: the EMA generator + controller)."""
     from otavatar.training.decouple import DecoupleConfig, train_controller

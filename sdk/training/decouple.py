@@ -150,7 +150,7 @@ class DecoupleConfig:
     controller_pose: bool = True       # a fresh controller's use_pose (ControllerConfig; published if_use_pose)
     differential_grad: bool = False    # the controller learns only the frames' differences (module docstring)
     controller_fresh_frames: bool = False   # successive: each controller step on a new pair of frames (docstring)
-    basis_init_scale: float | None = None   # a fresh controller's direction matrix ~ N(0, s^2) (docstring; None: 1)
+    basis_init_scale: float = 1.0      # a fresh controller's direction matrix ~ N(0, s^2) (docstring; published 1)
     spike_guard: float | None = 3.0    # roll back an iteration whose loss > this x the recent median (docstring)
     spike_lr_factor: float = 0.5       # ... and multiply the controller lr by this for the rest of the run
     lr_code: float = 0.01
@@ -204,8 +204,8 @@ class DecoupleConfig:
             raise ValueError("warmup_code_steps banks a code per video: it needs persistent_codes=True")
         if self.spike_guard is not None:
             SpikeGuard(self.spike_guard, self.spike_lr_factor)          # validates both
-        if self.basis_init_scale is not None and not self.basis_init_scale > 0:
-            raise ValueError(f"basis_init_scale must be > 0 or None, got {self.basis_init_scale}")
+        if not self.basis_init_scale > 0:
+            raise ValueError(f"basis_init_scale must be > 0, got {self.basis_init_scale}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if isinstance(self.weights, dict):
@@ -396,14 +396,14 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
     generator = loaded.generator.train()
     gcfg = generator.config
     if loaded.controller is not None and not fresh_controller:
-        if config.basis_init_scale is not None:
+        if config.basis_init_scale != 1:
             raise ValueError(f"basis_init_scale draws a fresh controller, but {prior} holds a controller to start "
-                             "from: pass fresh_controller (--fresh-controller) or leave the scale unset")
+                             "from: pass fresh_controller (--fresh-controller) or leave the scale at 1")
         controller = loaded.controller.train()
     else:
         torch.manual_seed(config.seed)
         controller = fresh_controller_for(gcfg, use_pose=config.controller_pose,
-                                          basis_scale=config.basis_init_scale or 1.0).train()
+                                          basis_scale=config.basis_init_scale).train()
     if controller.config.use_pose != config.controller_pose:
         raise ValueError(f"{prior}: its controller has use_pose={controller.config.use_pose}, the config asks for "
                          f"controller_pose={config.controller_pose}; start a fresh controller (fresh_controller) or "

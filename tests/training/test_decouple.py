@@ -55,12 +55,12 @@ def _fresh_controller_like(run):
     return _fresh_controller(load_models(run / "checkpoint.safetensors").generator).parameters()
 
 
-def _fresh_controller(generator):
+def _fresh_controller(generator, basis_scale: float = 1.0):
     """The controller train_controller builds for `generator` (seeded by config.seed)."""
     from otavatar.training.decouple import fresh_controller_for
 
     torch.manual_seed(0)
-    return fresh_controller_for(generator.config)
+    return fresh_controller_for(generator.config, basis_scale=basis_scale)
 
 
 @pytest.mark.parametrize("schedule, changes", [("successive", False), ("joint", True)])
@@ -475,12 +475,8 @@ def test_a_cuda_run_matches_the_cpu_run_and_resumes_on_the_cpu(micro_dataset, ra
 
 def test_basis_init_scale_shrinks_the_direction_matrix_not_the_controllers_motion(micro_dataset, random_prior,
                                                                                   tmp_path, monkeypatch):
-    from otavatar.training.decouple import fresh_controller_for
-
     generator = load_models(random_prior).generator
-    published = _fresh_controller(generator)
-    torch.manual_seed(0)
-    small = fresh_controller_for(generator.config, basis_scale=0.05)
+    published, small = _fresh_controller(generator), _fresh_controller(generator, basis_scale=0.05)
     torch.testing.assert_close(small.direction.weight, 0.05 * published.direction.weight)
     windows = torch.randn(3, 70, 27)
     with torch.no_grad():                    # the QR basis is scale-free: the same motion from the same start
