@@ -91,9 +91,9 @@ and betas, which the published run reaches after 4-5 thousand of its 22,000+ con
 there: the shipped controller's directions after 916 steps still span 98% of its random start's subspace (scale
 0.42), the matched joint run's, after 4,600 steps, 82% (scale 0.07), so every controller's motion lived in an almost
 random 20-dimensional slice of W. Measured (round 17 of docs/training.md), s = 0.05: the successive model became the
-best on landmarks so far and tied the joint ablation on expression error on one held-out set (trailing it within
-noise on the other); the joint controller's directions wandered into an unrelated subspace over its 4,600 steps and
-its jaw error rose.
+best on landmarks so far, but the joint ablation still matched or beat it on expression error on all three held-out
+sets (z 2.0 on the third); the joint controller's directions wandered into an unrelated subspace over its 4,600
+steps and its jaw error rose. Doubling the controller lr on top (round 18) shrank the successive motion instead.
 
 `spike_guard=3.0` (the default; None turns it off) rolls back an iteration whose loss is non-finite or above 3x the
 median of the last 25 accepted ones (networks and optimisers restored, its codes and EMA update discarded) and halves
