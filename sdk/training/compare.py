@@ -32,17 +32,21 @@ __all__ = ["MetricDifference", "average_reports", "compare_reports", "comparison
 # metric -> higher is better. "aed_readable" is per pair the mean of aed_controls over the report's readable
 # controls (with equal frames per pair that is what the report's pooled aed_readable averages); "akd_<region>"
 # is the mean of akd_landmarks over that region (reports written before akd_landmarks existed have none), and
-# "akd_detected_<region>" that of akd_detected_landmarks (round 15 on; earlier reports lack the detected metrics).
+# "akd_detected_<region>" that of akd_detected_landmarks (round 15 on; earlier reports lack the detected metrics),
+# "akd_aligned_<region>" that of akd_aligned_landmarks (round 19 on).
 _REGIONAL: dict[str, tuple[str, str]] = {
     **{f"akd_{region}": ("akd_landmarks", region) for region in LANDMARK_REGIONS},
-    **{f"akd_detected_{region}": ("akd_detected_landmarks", region) for region in LANDMARK_REGIONS}}
+    **{f"akd_detected_{region}": ("akd_detected_landmarks", region) for region in LANDMARK_REGIONS},
+    **{f"akd_aligned_{region}": ("akd_aligned_landmarks", region) for region in LANDMARK_REGIONS}}
 METRICS: dict[str, bool] = {"psnr": True, "ssim": True, "akd": False, "aed": False, "aed_readable": False,
                             **{f"akd_{region}": False for region in LANDMARK_REGIONS},
                             "akd_detected": False, "aed_detected": False,
-                            **{f"akd_detected_{region}": False for region in LANDMARK_REGIONS}}
+                            **{f"akd_detected_{region}": False for region in LANDMARK_REGIONS},
+                            "akd_aligned": False, **{f"akd_aligned_{region}": False for region in LANDMARK_REGIONS}}
 # what a report must hold, in every pair, to give a metric (beyond the whole-report fields)
 _NEEDS: dict[str, str] = {**{m: column for m, (column, _) in _REGIONAL.items()},
-                          "akd_detected": "akd_detected_landmarks", "aed_detected": "aed_detected_controls"}
+                          "akd_detected": "akd_detected_landmarks", "aed_detected": "aed_detected_controls",
+                          "akd_aligned": "akd_aligned_landmarks"}
 Z_95 = 1.96
 
 
@@ -166,7 +170,7 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
 
 # per-pair fields the average keeps
 _AVERAGED = ("psnr", "ssim", "akd", "aed", "aed_controls", "akd_landmarks", "akd_detected", "aed_detected",
-             "akd_detected_landmarks", "aed_detected_controls")
+             "akd_detected_landmarks", "aed_detected_controls", "akd_aligned", "akd_aligned_landmarks")
 
 
 def average_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -16,6 +16,10 @@ identity performing d's motion from d's cameras (synthetic.render), at the gener
                       both readings instead of added to every model's score: on the first held-out set a perfect
                       reenactment beats a perfect static identity by 0.45 +- 0.07 px here, by 0.05 +- 0.03 px in
                       AKD (docs/training.md, round 15; on a face that reads a few px off, by neither)
+    aligned AKD       detected AKD after mapping each generated frame's landmarks onto the truth's by their best
+                      similarity (akd_aligned, akd_aligned_<region>): the face's shape and expression without where
+                      it sits; registration_shift / registration_scale hold that similarity. On the shipped `tiny`
+                      generator most of the detected AKD is this similarity (round 19)
     floor AKD / AED   the same probe on the ground-truth frames themselves: what the metric cannot resolve
     AED (readable)    AED over the controls the probe can read: those whose floor error, pooled over every
                       evaluated frame, is at most READABLE_RATIO x the error of the best constant (the truth's
@@ -42,13 +46,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error_per_control, landmark_distance_per_point,
-                                       psnr, region_means, ssim)
+                                       psnr, region_means, similarity_registration, ssim)
 
 __all__ = ["PairResult", "ReenactmentReport", "evaluate_reenactment", "default_pairs", "json_safe", "MODES",
            "READABLE_RATIO", "pair_truth", "evaluation_inversion", "evaluation_inverter"]
 
 MODES = ("controller", "static")
-_METRICS = ("psnr", "ssim", "akd", "aed", "floor_akd", "floor_aed", "akd_detected", "aed_detected")
+_METRICS = ("psnr", "ssim", "akd", "aed", "floor_akd", "floor_aed", "akd_detected", "aed_detected", "akd_aligned",
+            "registration_shift", "registration_scale")
 # Blinks, pucker and brow furrow are 0 in 49-81% of the talking frames, so an L1-trained probe that cannot see them
 # answers 0 and scores their median's error exactly, whatever the image: then the generated frames' error equals
 # the floor for every model and says nothing. A control counts as read when the probe on the truth beats the best
@@ -78,6 +83,12 @@ class PairResult:
     aed_detected: float = math.nan
     akd_detected_landmarks: list[float] = field(default_factory=list)   # [68]
     aed_detected_controls: list[float] = field(default_factory=list)    # [8]
+    # detected AKD split in two (metrics.similarity_registration, per frame): the shape left once the generated
+    # landmarks are mapped onto the truth's by their best similarity, and that similarity (where the face sits)
+    akd_aligned: float = math.nan   # px
+    akd_aligned_landmarks: list[float] = field(default_factory=list)    # [68]
+    registration_shift: float = math.nan   # px, mean over frames of |shift|
+    registration_scale: float = math.nan   # mean over frames; > 1: the generated face is smaller than the truth's
 
 
 @dataclass
@@ -269,6 +280,8 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
             floor_c = expression_error_per_control(p_gt.controls, gt.controls)
             detected_k = landmark_distance_per_point(p_gen.landmarks, p_gt.landmarks)     # [68]
             detected_c = expression_error_per_control(p_gen.controls, p_gt.controls)      # [8]
+            registration = similarity_registration(p_gen.landmarks, p_gt.landmarks)
+            aligned_k = landmark_distance_per_point(registration.aligned, p_gt.landmarks)  # [68]
             frame_psnr = [psnr(a, b) for a, b in zip(generated, gt.images)]
             losses = getattr(result, "losses", None)
             pr = PairResult(
@@ -281,7 +294,10 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
                 inversion_loss=float(losses[-1]) if losses else None,
                 akd_landmarks=akd_k.tolist(), floor_akd_landmarks=floor_k.tolist(),
                 akd_detected=float(detected_k.mean()), aed_detected=float(detected_c.mean()),
-                akd_detected_landmarks=detected_k.tolist(), aed_detected_controls=detected_c.tolist())
+                akd_detected_landmarks=detected_k.tolist(), aed_detected_controls=detected_c.tolist(),
+                akd_aligned=float(aligned_k.mean()), akd_aligned_landmarks=aligned_k.tolist(),
+                registration_shift=float(np.linalg.norm(registration.shift, axis=-1).mean()),
+                registration_scale=float(registration.scale.mean()))
             results.append(pr)
             gen_controls.append(p_gen.controls)
             floor_controls.append(p_gt.controls)
@@ -295,7 +311,7 @@ def evaluate_reenactment(generator, controller, *, truth_npz: str | os.PathLike,
         bar.close()
     mean = {k: float(np.mean([getattr(p, k) for p in results])) for k in _METRICS}
     for prefix, column in (("akd_", "akd_landmarks"), ("floor_akd_", "floor_akd_landmarks"),
-                           ("akd_detected_", "akd_detected_landmarks")):
+                           ("akd_detected_", "akd_detected_landmarks"), ("akd_aligned_", "akd_aligned_landmarks")):
         regions = [region_means(getattr(p, column)) for p in results]     # akd_mouth etc.: where expression shows
         for region in LANDMARK_REGIONS:
             mean[prefix + region] = float(np.mean([r[region] for r in regions]))

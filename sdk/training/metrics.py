@@ -12,11 +12,13 @@ use_sample_covariance=False, data_range=1)` (the same crop of (11-1)/2 = 5 px pe
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = ["psnr", "ssim", "landmark_distance", "expression_error", "expression_error_per_control", "to_unit",
-           "SSIM_WINDOW", "SSIM_SIGMA"]
+           "similarity_registration", "Registration", "SSIM_WINDOW", "SSIM_SIGMA"]
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -111,6 +113,47 @@ def landmark_distance_per_point(pred: ArrayLike, truth: ArrayLike) -> NDArray[np
         raise ValueError("landmarks have non-finite values")
     d = np.linalg.norm(p - t, axis=-1)
     return d.reshape(-1, d.shape[-1]).mean(0)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The least-squares similarity that best maps each frame's predicted landmarks onto its target's."""
+
+    shift: NDArray[np.float64]           # [N,2] target centroid - predicted centroid, in the inputs' units
+    scale: NDArray[np.float64]           # [N] > 1: the prediction is smaller than the target
+    rotation_deg: NDArray[np.float64]    # [N] counter-clockwise in (x, y) axes
+    aligned: NDArray[np.float64]         # [N,K,2] the prediction mapped by that similarity
+
+
+def similarity_registration(pred: ArrayLike, truth: ArrayLike) -> Registration:
+    """Fit, per frame, the similarity (scale, rotation, translation) minimising the squared landmark distance
+    from the mapped prediction to the truth (2-D Procrustes, in closed form with complex numbers).
+
+    Why: the distance between two landmark sets mixes where the face sits in the frame (a head rendered a few
+    pixels off or a little small moves every landmark alike) with its shape (a mouth that opens moves a few).
+    landmark_distance_per_point(registration.aligned, truth) keeps only the shape; shift / scale hold the rest.
+    pred, truth: [N,K,2] (or [K,2]), K >= 2, the truth's points not all equal."""
+    p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    landmark_distance_per_point(p, t)                                  # the same shape and finiteness checks
+    squeeze = p.ndim == 2
+    p, t = (p[None], t[None]) if squeeze else (p, t)
+    if p.shape[1] < 2:
+        raise ValueError(f"a similarity needs at least 2 landmarks per frame, got {p.shape[1]}")
+    zp, zt = p[..., 0] + 1j * p[..., 1], t[..., 0] + 1j * t[..., 1]     # [N,K]
+    cp, ct = zp.mean(-1, keepdims=True), zt.mean(-1, keepdims=True)
+    dp, dt = zp - cp, zt - ct
+    energy = (np.abs(dp) ** 2).sum(-1)                                 # [N]
+    if np.any(energy == 0):
+        raise ValueError("a frame's predicted landmarks all coincide: no similarity maps them onto the truth")
+    k = (np.conj(dp) * dt).sum(-1) / energy                             # [N] scale x e^{i rotation}
+    mapped = k[:, None] * dp + ct
+    aligned = np.stack([mapped.real, mapped.imag], -1)
+    shift = np.stack([(ct - cp)[:, 0].real, (ct - cp)[:, 0].imag], -1)
+    out = Registration(shift=shift, scale=np.abs(k), rotation_deg=np.degrees(np.angle(k)), aligned=aligned)
+    if squeeze:
+        out = Registration(shift=out.shift[0], scale=out.scale[0], rotation_deg=out.rotation_deg[0],
+                           aligned=out.aligned[0])
+    return out
 
 
 def region_means(per_point: ArrayLike) -> dict[str, float]:

@@ -127,6 +127,23 @@ def test_detected_metrics_only_when_both_reports_hold_them():
         compare_reports(a, b, metrics=["akd_detected"])
 
 
+def test_aligned_akd_only_when_both_reports_hold_it():
+    a = _report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)
+    b = _report([4.0, 5.0, 6.0], [_controls(0.1)] * 3)
+    for report, whole, mouth in ((a, [0.4, 0.5, 0.6], 0.3), (b, [0.6, 0.6, 0.9], 0.9)):
+        for pair, w in zip(report["pairs"], whole):
+            pair.update(akd_aligned=w, akd_aligned_landmarks=[w] * 48 + [mouth] * 20)
+    rows = compare_reports(a, b)
+    assert _row(rows, "akd_aligned").difference == pytest.approx(np.mean([-0.2, -0.1, -0.3]))
+    assert _row(rows, "akd_aligned_mouth").difference == pytest.approx(-0.6)
+    averaged = average_reports([a, a])
+    assert averaged["pairs"][0]["akd_aligned_landmarks"] == a["pairs"][0]["akd_aligned_landmarks"]
+    del b["pairs"][2]["akd_aligned_landmarks"]
+    assert not any("aligned" in r.metric for r in compare_reports(a, b))
+    with pytest.raises(ValueError, match="akd_aligned_landmarks"):
+        compare_reports(a, b, metrics=["akd_aligned"])
+
+
 def test_unknown_metric_is_refused():
     a = _report([4.0, 5.0], [_controls(0.1)] * 2)
     with pytest.raises(ValueError, match="unknown metric"):

@@ -107,6 +107,9 @@ def test_perfect_renderer_hits_the_probe_floor(micro, generator, probe):
     assert pair.akd_detected == 0.0 and pair.aed_detected == 0.0
     assert len(pair.akd_detected_landmarks) == 68 and len(pair.aed_detected_controls) == len(CONTROLS)
     assert report.mean["akd_detected"] == 0.0 and report.mean["akd_detected_mouth"] == 0.0
+    assert pair.akd_aligned == pytest.approx(0.0, abs=1e-9) and pair.registration_shift == pytest.approx(0.0, abs=1e-9)
+    assert pair.registration_scale == pytest.approx(1.0) and len(pair.akd_aligned_landmarks) == 68
+    assert report.mean["akd_aligned_mouth"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_wrong_renderer_scores_worse_and_static_mode_drops_the_controller(micro, generator, probe):
@@ -116,6 +119,8 @@ def test_wrong_renderer_scores_worse_and_static_mode_drops_the_controller(micro,
     assert math.isfinite(pair.psnr) and pair.psnr < 30 and pair.ssim < 0.9
     assert pair.akd_detected > 0 and np.mean(pair.akd_detected_landmarks) == pytest.approx(pair.akd_detected)
     assert np.mean(pair.aed_detected_controls) == pytest.approx(pair.aed_detected)
+    assert pair.akd_aligned > 0 and np.mean(pair.akd_aligned_landmarks) == pytest.approx(pair.akd_aligned)
+    assert pair.registration_shift > 0 and report.mean["registration_scale"] == pytest.approx(pair.registration_scale)
     assert pair.source == pair.driver == "synth0002#00"
     assert all(c is None for _, c in stand.calls) and len(stand.calls) == 2
     seen = []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from otavatar.training.metrics import (LANDMARK_REGIONS, expression_error, landmark_distance,
-                                       landmark_distance_per_point, psnr, region_means, ssim)
+                                       landmark_distance_per_point, psnr, region_means, similarity_registration,
+                                       ssim)
 
 
 @pytest.fixture
@@ -68,6 +69,37 @@ def test_landmark_and_expression_error():
     c = np.zeros((3, 8))
     assert expression_error(c + 0.25, c) == pytest.approx(0.25)
     assert expression_error(c[0], c[0] - 1) == pytest.approx(1.0)
+
+
+def _similar(points, scale, degrees, shift):
+    """points [...,K,2] scaled and rotated about (64, 64), then shifted."""
+    t = np.radians(degrees)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    return (points - 64.0) @ rot.T * scale + 64.0 + np.asarray(shift)
+
+
+def test_similarity_registration_recovers_the_similarity_and_keeps_the_shape():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(64.0, 12.0, (3, 68, 2))
+    pred = _similar(truth, 0.8, 4.0, [3.0, -2.0])                      # a smaller, turned, moved copy
+    reg = similarity_registration(pred, truth)
+    assert reg.scale == pytest.approx(np.full(3, 1.25)) and reg.rotation_deg == pytest.approx(np.full(3, -4.0))
+    assert reg.shift == pytest.approx(truth.mean(1) - pred.mean(1))
+    assert landmark_distance(pred, truth) > 2.0
+    assert landmark_distance(reg.aligned, truth) == pytest.approx(0.0, abs=1e-9)
+    # a change of shape survives the alignment: one mouth point 10 px off in one frame
+    bent = pred.copy()
+    bent[1, 50] += [6.0, 8.0]
+    per_point = landmark_distance_per_point(similarity_registration(bent, truth).aligned, truth)
+    assert per_point.argmax() == 50 and per_point[50] > 2.0 and np.delete(per_point, 50).max() < 0.5
+    one = similarity_registration(pred[0], truth[0])                   # [K,2]: one frame
+    assert one.aligned.shape == (68, 2) and one.shift.shape == (2,) and float(one.scale) == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="coincide"):
+        similarity_registration(np.zeros((68, 2)), truth[0])
+    with pytest.raises(ValueError, match="at least 2"):
+        similarity_registration(truth[:, :1], truth[:, :1])
+    with pytest.raises(ValueError, match=r"\[N,K,2\]"):
+        similarity_registration(truth, truth[..., :1])
 
 
 @pytest.mark.parametrize("call, match", [
