@@ -157,7 +157,7 @@ def main() -> None:
                         f"face morphed {args.morph} of the way to the driver's")
     print(report.table())
     m = report.mean
-    for name, prefix in (("AKD", "akd_"), ("detected AKD", "akd_detected_")):
+    for name, prefix in (("AKD", "akd_"), ("detected AKD", "akd_detected_"), ("aligned AKD", "akd_aligned_")):
         print(f"{name} {m[prefix.rstrip('_')]:.3f} px; by region: "
               + ", ".join(f"{region} {m[prefix + region]:.3f}" for region in LANDMARK_REGIONS))
     print(f"detected AED {m['aed_detected']:.4f}")
