@@ -111,14 +111,15 @@ class ReenactmentReport:
     def table(self) -> str:
         """Markdown table: one row per pair and the mean."""
         head = ("| source | driver | PSNR (dB) | SSIM | AKD (px) | AED | floor AKD | floor AED | detected AKD | "
-                "detected AED |\n|---|---|---|---|---|---|---|---|---|---|")
+                "detected AED | aligned AKD |\n|---|---|---|---|---|---|---|---|---|---|---|")
         rows = [f"| {p.source} | {p.driver} | {p.psnr:.2f} | {p.ssim:.4f} | {p.akd:.2f} | {p.aed:.4f} | "
-                f"{p.floor_akd:.2f} | {p.floor_aed:.4f} | {p.akd_detected:.2f} | {p.aed_detected:.4f} |"
-                for p in self.pairs]
+                f"{p.floor_akd:.2f} | {p.floor_aed:.4f} | {p.akd_detected:.2f} | {p.aed_detected:.4f} | "
+                f"{p.akd_aligned:.2f} |" for p in self.pairs]
         m = self.mean
         rows.append(f"| **mean** ({self.mode}) | {len(self.pairs)} pairs x {self.frames} frames | {m['psnr']:.2f} | "
                     f"{m['ssim']:.4f} | {m['akd']:.2f} | {m['aed']:.4f} | {m['floor_akd']:.2f} | "
-                    f"{m['floor_aed']:.4f} | {m['akd_detected']:.2f} | {m['aed_detected']:.4f} |")
+                    f"{m['floor_aed']:.4f} | {m['akd_detected']:.2f} | {m['aed_detected']:.4f} | "
+                    f"{m['akd_aligned']:.2f} |")
         if self.readable_controls:
             rows.append(f"\nAED over the controls the probe reads ({', '.join(self.readable_controls)}): "
                         f"{m['aed_readable']:.4f} (floor {m['floor_aed_readable']:.4f})")
