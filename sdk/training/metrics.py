@@ -1,5 +1,6 @@
-"""Reenactment metrics (numpy only, no torch): PSNR, SSIM, landmark distance (AKD-like) and expression error
-(AED-like, in SynthHeads' 8 semantic controls, `otavatar.synthetic.params.CONTROLS`).
+"""Reenactment metrics (numpy only, no torch): PSNR, SSIM, landmark distance (AKD-like), its split into the best
+per-frame similarity and the shape left after it (similarity_registration), and expression error (AED-like, in
+SynthHeads' 8 semantic controls, `otavatar.synthetic.params.CONTROLS`).
 
 Images are uint8 [H,W,3] / [N,H,W,3] (0..255) or float in [0,1]; both are compared on a [0,1] scale, so
 PSNR = 10 log10(1 / MSE) and SSIM uses the data range 1.
