@@ -34,10 +34,10 @@ __all__ = ["MetricDifference", "average_reports", "compare_reports", "comparison
 # is the mean of akd_landmarks over that region (reports written before akd_landmarks existed have none), and
 # "akd_detected_<region>" that of akd_detected_landmarks (round 15 on; earlier reports lack the detected metrics),
 # "akd_aligned_<region>" that of akd_aligned_landmarks (round 19 on).
-_REGIONAL: dict[str, tuple[str, str]] = {
-    **{f"akd_{region}": ("akd_landmarks", region) for region in LANDMARK_REGIONS},
-    **{f"akd_detected_{region}": ("akd_detected_landmarks", region) for region in LANDMARK_REGIONS},
-    **{f"akd_aligned_{region}": ("akd_aligned_landmarks", region) for region in LANDMARK_REGIONS}}
+_LANDMARK_COLUMNS = {"akd": "akd_landmarks", "akd_detected": "akd_detected_landmarks",
+                     "akd_aligned": "akd_aligned_landmarks"}     # whole-face metric -> its per-landmark column
+_REGIONAL: dict[str, tuple[str, str]] = {f"{metric}_{region}": (column, region)
+                                         for metric, column in _LANDMARK_COLUMNS.items() for region in LANDMARK_REGIONS}
 METRICS: dict[str, bool] = {"psnr": True, "ssim": True, "akd": False, "aed": False, "aed_readable": False,
                             **{f"akd_{region}": False for region in LANDMARK_REGIONS},
                             "akd_detected": False, "aed_detected": False,

@@ -118,7 +118,8 @@ def landmark_distance_per_point(pred: ArrayLike, truth: ArrayLike) -> NDArray[np
 
 @dataclass(frozen=True)
 class Registration:
-    """The least-squares similarity that best maps each frame's predicted landmarks onto its target's."""
+    """The least-squares similarity that best maps each frame's predicted landmarks onto its target's (for a
+    single [K,2] frame, the shapes below without N)."""
 
     shift: NDArray[np.float64]           # [N,2] target centroid - predicted centroid, in the inputs' units
     scale: NDArray[np.float64]           # [N] > 1: the prediction is smaller than the target
@@ -133,7 +134,7 @@ def similarity_registration(pred: ArrayLike, truth: ArrayLike) -> Registration:
     Why: the distance between two landmark sets mixes where the face sits in the frame (a head rendered a few
     pixels off or a little small moves every landmark alike) with its shape (a mouth that opens moves a few).
     landmark_distance_per_point(registration.aligned, truth) keeps only the shape; shift / scale hold the rest.
-    pred, truth: [N,K,2] (or [K,2]), K >= 2, the truth's points not all equal."""
+    pred, truth: [N,K,2] (or [K,2]), K >= 2, the predicted points of a frame not all equal."""
     p, t = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     landmark_distance_per_point(p, t)                                  # the same shape and finiteness checks
     squeeze = p.ndim == 2
@@ -150,11 +151,8 @@ def similarity_registration(pred: ArrayLike, truth: ArrayLike) -> Registration:
     mapped = k[:, None] * dp + ct
     aligned = np.stack([mapped.real, mapped.imag], -1)
     shift = np.stack([(ct - cp)[:, 0].real, (ct - cp)[:, 0].imag], -1)
-    out = Registration(shift=shift, scale=np.abs(k), rotation_deg=np.degrees(np.angle(k)), aligned=aligned)
-    if squeeze:
-        out = Registration(shift=out.shift[0], scale=out.scale[0], rotation_deg=out.rotation_deg[0],
-                           aligned=out.aligned[0])
-    return out
+    parts = (shift, np.abs(k), np.degrees(np.angle(k)), aligned)
+    return Registration(*(v[0] for v in parts) if squeeze else parts)
 
 
 def region_means(per_point: ArrayLike) -> dict[str, float]:
