@@ -451,7 +451,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                    dynamic_ncols=True)
     t0 = time.perf_counter() - seconds
     last = math.nan
-    done = start
+    done = saved_at = start
     sampler = PairSampler(data_dir, window=controller.config.window, device=device)   # last: closed in `finally`
     try:
         pin = _pinning(config, sampler)
@@ -482,7 +482,14 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                 raise FloatingPointError(f"iteration {it}: the loss became {last}")
             if guard is not None and _any_rank(guard.is_spike(last)):
                 snapshot.restore()            # the iteration never happened, except for its draws from the streams
-                guard.reject(last, it + 1)
+                try:
+                    guard.reject(last, it + 1)
+                except FloatingPointError as err:
+                    # round 20's r33-successive: an iteration accepted at 2.3x the median left the controller where
+                    # every next batch spiked; its checkpoint 6 iterations back resumed cleanly on new batches
+                    where = (f"the last checkpoint was written at iteration {saved_at}: --resume continues from "
+                             "it on new batches" if saved_at else "no checkpoint was written yet")
+                    raise FloatingPointError(f"{err}; {where} ({out_dir})") from err
                 values = {"rolled_back": last, "lr_scale": guard.lr_scale}
                 last = guard.history[-1] if guard.history else math.nan
             else:
@@ -516,6 +523,7 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                 if done % config.checkpoint_every == 0 or done == config.iterations or out_of_time:
                     _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c,
                           bank, guard)
+                    saved_at = done
             if out_of_time:
                 break
     finally:

@@ -378,6 +378,28 @@ def test_spike_guard_rolls_back_a_diverging_iteration_and_halves_the_controller_
     assert calls[-1]["config"].lr_controller == 5e-4
 
 
+@pytest.mark.slow
+def test_a_run_that_cannot_get_past_a_spike_stops_naming_the_checkpoint_to_resume(micro_dataset, random_prior,
+                                                                                   tmp_path, monkeypatch):
+    """Five rejections in a row stop the run; the error says which checkpoint --resume continues from."""
+    import otavatar.training.decouple as D
+
+    original = D._iteration
+    calls = []
+
+    def spiking_from_the_seventh(*args, **kw):
+        calls.append(1)
+        values, preview, final = original(*args, **kw)
+        return ({**values, "refine": 1000 * values["refine"]} if len(calls) >= 7 else values), preview, final
+
+    monkeypatch.setattr(D, "_iteration", spiking_from_the_seventh)
+    cfg = _config(iterations=20, checkpoint_every=5, persistent_codes=True)
+    # rolled-back iterations count: iteration 10's checkpoint holds the state the rollbacks restored
+    with pytest.raises(FloatingPointError, match=r"in a row were rolled back.*written at iteration 10: --resume"):
+        train_controller(micro_dataset, random_prior, tmp_path / "run", cfg, progress=False, identity_encoder=None)
+    assert len(calls) == 11                                  # 6 accepted, then 5 rolled back
+
+
 def test_without_the_spike_guard_a_non_finite_loss_stops_the_run(micro_dataset, random_prior, tmp_path,
                                                                  monkeypatch):
     import otavatar.training.decouple as D
