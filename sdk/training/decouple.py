@@ -510,6 +510,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                     generator, controller, losses, sampler, config, opt_c, opt_g, dens_rng, {**codes, **bank},
                     np.random.default_rng([config.seed, rank, 3, done]), progress=progress and rank == 0,
                     refresh=True)
+            checkpoint_due = done % config.checkpoint_every == 0 or done == config.iterations or out_of_time
+            saved_at = done if checkpoint_due else saved_at        # every rank: each names it if the guard stops
             if rank == 0:
                 if done % config.log_every == 0:
                     run.log(done, values)
@@ -520,10 +522,9 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                     bar.set_postfix(loss=f"{last:.4f}")
                 if done % config.preview_every == 0:
                     run.preview(done, image_grid([to_uint8(batch.images[:, 0]), to_uint8(preview)]))
-                if done % config.checkpoint_every == 0 or done == config.iterations or out_of_time:
+                if checkpoint_due:
                     _save(run, done, time.perf_counter() - t0, generator, controller, ema_g, ema_c, opt_g, opt_c,
                           bank, guard)
-                    saved_at = done
             if out_of_time:
                 break
     finally:
