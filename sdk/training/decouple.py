@@ -482,14 +482,11 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                 raise FloatingPointError(f"iteration {it}: the loss became {last}")
             if guard is not None and _any_rank(guard.is_spike(last)):
                 snapshot.restore()            # the iteration never happened, except for its draws from the streams
-                try:
-                    guard.reject(last, it + 1)
-                except FloatingPointError as err:
-                    # round 20's r33-successive: an iteration accepted at 2.3x the median left the controller where
-                    # every next batch spiked; its checkpoint 6 iterations back resumed cleanly on new batches
-                    where = (f"the last checkpoint was written at iteration {saved_at}: --resume continues from "
-                             "it on new batches" if saved_at else "no checkpoint was written yet")
-                    raise FloatingPointError(f"{err}; {where} ({out_dir})") from err
+                # round 20's r33-successive: an iteration accepted at 2.3x the median left the controller where
+                # every next batch spiked; its checkpoint 6 iterations back resumed cleanly on new batches
+                checkpoint = (f"the last checkpoint was written at iteration {saved_at}: --resume continues from it "
+                              "on new batches" if saved_at else "no checkpoint was written yet")
+                guard.reject(last, it + 1, recovery=f"lower the learning rates; {checkpoint} ({out_dir})")
                 values = {"rolled_back": last, "lr_scale": guard.lr_scale}
                 last = guard.history[-1] if guard.history else math.nan
             else:
@@ -511,7 +508,8 @@ def train_controller(data_dir: str | os.PathLike, prior: str | os.PathLike, out_
                     np.random.default_rng([config.seed, rank, 3, done]), progress=progress and rank == 0,
                     refresh=True)
             checkpoint_due = done % config.checkpoint_every == 0 or done == config.iterations or out_of_time
-            saved_at = done if checkpoint_due else saved_at        # every rank: each names it if the guard stops
+            if checkpoint_due:                    # every rank keeps it: each names it if the guard stops the run
+                saved_at = done
             if rank == 0:
                 if done % config.log_every == 0:
                     run.log(done, values)

@@ -72,8 +72,9 @@ class SpikeGuard:
         self.history = (self.history + [float(loss)])[-self.window:]
         self.consecutive = 0
 
-    def reject(self, loss: float, step: int) -> None:
-        """Count a rolled-back iteration and lower the lr scale; raise after max_consecutive in a row."""
+    def reject(self, loss: float, step: int, recovery: str = "lower the learning rates") -> None:
+        """Count a rolled-back iteration and lower the lr scale; raise after max_consecutive in a row, the error
+        ending with `recovery` (what the caller's user can do next)."""
         self.rollbacks += 1
         self.consecutive += 1
         self.lr_scale *= self.lr_factor
@@ -81,7 +82,7 @@ class SpikeGuard:
             median = statistics.median(self.history) if self.history else math.nan
             raise FloatingPointError(
                 f"iteration {step}: {self.consecutive} iterations in a row were rolled back (last loss {loss:.4g}, "
-                f"recent median {median:.4g}, lr scale now {self.lr_scale:.3g}); lower the learning rates")
+                f"recent median {median:.4g}, lr scale now {self.lr_scale:.3g}); {recovery}")
 
     # -- persistence with a run's extra tensors ---------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
