@@ -308,35 +308,48 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
 @train.command("compare")
 @click.argument("report_a")
 @click.argument("report_b")
+@click.option("--across-seeds", is_flag=True,
+              help="REPORT_A and REPORT_B list one report per training seed, in the same seed order: test the "
+                   "per-seed differences (A_i - B_i) across seeds (a t test) instead of averaging the reports.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
-def compare(report_a: str, report_b: str, json_out: str | None) -> None:
+def compare(report_a: str, report_b: str, across_seeds: bool, json_out: str | None) -> None:
     """Paired comparison of two `train evaluate --json-out` reports on the same pairs (A - B, its SE, verdict).
 
     REPORT_A and REPORT_B may each be several reports joined by commas (e.g. one per training seed,
-    `s0.json,s1.json`): they are averaged pair by pair first (otavatar.training.compare.average_reports)."""
-    from otavatar.training.compare import average_reports, compare_reports, comparison_table
+    `s0.json,s1.json`): they are averaged pair by pair first (otavatar.training.compare.average_reports), or, with
+    --across-seeds, compared seed by seed and tested across the seeds (compare_across_seeds)."""
+    from otavatar.training.compare import (average_reports, compare_across_seeds, compare_reports,
+                                           comparison_table, seed_comparison_table)
 
-    reports, names = [], []
+    groups, names = [], []
+    for argument in (report_a, report_b):
+        group, paths = [], [Path(p) for p in argument.split(",") if p]
+        names.append("+".join(path.stem for path in paths))
+        for path in paths:
+            if not path.is_file():
+                raise click.ClickException(f"{path}: no such report file")
+            try:
+                group.append(json.loads(path.read_text()))
+            except ValueError as e:
+                raise click.ClickException(f"{path}: not JSON: {e}") from None
+        if not group:
+            raise click.ClickException(f"{argument!r} names no report file")
+        groups.append(group)
+    if across_seeds and (len(groups[0]) != len(groups[1]) or len(groups[0]) < 2):
+        raise click.ClickException(f"--across-seeds needs one report per seed on each side, at least 2 seeds and "
+                                   f"as many for A as for B (got {len(groups[0])} and {len(groups[1])})")
     try:
-        for argument in (report_a, report_b):
-            group, paths = [], [Path(p) for p in argument.split(",") if p]
-            names.append("+".join(path.stem for path in paths))
-            for path in paths:
-                if not path.is_file():
-                    raise click.ClickException(f"{path}: no such report file")
-                try:
-                    group.append(json.loads(path.read_text()))
-                except ValueError as e:
-                    raise click.ClickException(f"{path}: not JSON: {e}") from None
-            if not group:
-                raise click.ClickException(f"{argument!r} names no report file")
-            reports.append(group[0] if len(group) == 1 else average_reports(group))
-        rows = compare_reports(*reports)
+        if across_seeds:
+            rows = compare_across_seeds(list(zip(*groups)))
+            table = seed_comparison_table(rows, *names)
+        else:
+            rows = compare_reports(*(g[0] if len(g) == 1 else average_reports(g) for g in groups))
+            table = comparison_table(rows, *names)
     except (KeyError, TypeError) as e:
         raise click.ClickException(f"not an evaluate report (missing or malformed {e})") from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(comparison_table(rows, *names))
+    click.echo(table)
     if json_out:
         Path(json_out).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
 

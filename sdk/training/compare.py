@@ -15,6 +15,12 @@ Two training runs that differ only in their seed give two models of one recipe. 
 reports pair by pair, so `compare_reports(average_reports([a0, a1]), average_reports([b0, b1]))` compares two
 recipes with each pair's difference averaged over the seeds (the SE is still over the pairs: it measures the pairs'
 noise, not the seeds'; with two seeds, also read each seed's comparison on its own).
+
+`compare_across_seeds` asks the other question, whether one recipe beats another *across training seeds*: each
+seed trains a matched pair (A_i, B_i); its paired difference over the evaluation pairs is one sample, and the test
+is a one-sample t test of those per-seed differences (SE = their standard deviation / sqrt(seeds), the Student t
+critical value for seeds - 1 degrees of freedom: 12.7 for 2 seeds, 4.3 for 3, 3.2 for 4). It needs at least 2
+seeds and calls a difference only when the seeds agree on it by more than they scatter.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ import numpy as np
 from otavatar.training.evaluate import json_safe
 from otavatar.training.metrics import LANDMARK_REGIONS, region_means
 
-__all__ = ["MetricDifference", "average_reports", "compare_reports", "comparison_table", "METRICS", "Z_95"]
+__all__ = ["MetricDifference", "SeedDifference", "average_reports", "compare_across_seeds", "compare_reports",
+           "comparison_table", "seed_comparison_table", "METRICS", "Z_95"]
 
 # metric -> higher is better. "aed_readable" is per pair the mean of aed_controls over the report's readable
 # controls (with equal frames per pair that is what the report's pooled aed_readable averages); "akd_<region>"
@@ -50,6 +57,15 @@ _NEEDS: dict[str, str] = {**{m: column for m, (column, _) in _REGIONAL.items()},
 Z_95 = 1.96
 
 
+def _ratio(difference: float, standard_error: float) -> float:
+    """difference / SE: NaN without an SE, +-inf for a nonzero difference with SE 0 (every sample equal)."""
+    if not math.isfinite(standard_error):
+        return math.nan
+    if standard_error == 0.0:
+        return 0.0 if difference == 0.0 else math.copysign(math.inf, difference)
+    return difference / standard_error
+
+
 @dataclass(frozen=True)
 class MetricDifference:
     metric: str
@@ -63,11 +79,7 @@ class MetricDifference:
 
     @property
     def z(self) -> float:
-        if not math.isfinite(self.standard_error):
-            return math.nan
-        if self.standard_error == 0.0:
-            return 0.0 if self.difference == 0.0 else math.copysign(math.inf, self.difference)
-        return self.difference / self.standard_error
+        return _ratio(self.difference, self.standard_error)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, with z and the verdict; non-finite numbers as "inf" / "-inf" / "nan" (as reports write)."""
@@ -81,6 +93,38 @@ class MetricDifference:
             return "within noise"
         a_wins = (z > 0) == self.higher_is_better
         return "A better" if a_wins else "B better"
+
+
+@dataclass(frozen=True)
+class SeedDifference:
+    """One metric of recipe A against recipe B over matched training seeds (A_i against B_i)."""
+    metric: str
+    per_seed: tuple[float, ...]    # each seed's mean over evaluation pairs of (A_i - B_i)
+    difference: float              # mean of per_seed
+    standard_error: float          # sample std of per_seed / sqrt(seeds); NaN with one seed
+    critical_t: float              # two-sided 95% Student t for seeds - 1 degrees of freedom; NaN with one seed
+    a_better_seeds: int            # seeds whose A beats their B (ties count for neither)
+    higher_is_better: bool
+
+    @property
+    def seeds(self) -> int:
+        return len(self.per_seed)
+
+    @property
+    def t(self) -> float:
+        return _ratio(self.difference, self.standard_error)
+
+    @property
+    def verdict(self) -> str:
+        """'A better', 'B better' or 'within noise' (|t| below the critical value, or one seed)."""
+        t = self.t
+        if not abs(t) >= self.critical_t:   # also NaN
+            return "within noise"
+        return "A better" if (t > 0) == self.higher_is_better else "B better"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe({**asdict(self), "per_seed": list(self.per_seed), "seeds": self.seeds, "t": self.t,
+                          "verdict": self.verdict})
 
 
 def _per_pair(report: Mapping[str, Any], metric: str, readable_index: Sequence[int]) -> dict[tuple[str, str], float]:
@@ -196,6 +240,53 @@ def average_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 if all(c in r.get("readable_controls", []) for r in reports)]
     return {"frames": first.get("frames"), "resolution": first.get("resolution"), "pairs": pairs,
             "readable_controls": readable, "averaged_reports": len(reports)}
+
+
+def compare_across_seeds(seed_pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+                         metrics: Sequence[str] | None = None) -> list[SeedDifference]:
+    """One SeedDifference per metric, from one (report A_i, report B_i) tuple per training seed i.
+
+    Each tuple is compared as in compare_reports (same pairs, frames, resolution, or ValueError); metrics: None =
+    those every seed's comparison gives. ValueError when seed_pairs is empty."""
+    if not seed_pairs:
+        raise ValueError("no seeds to compare: give one (A report, B report) tuple per training seed")
+    by_seed = []
+    for i, pair in enumerate(seed_pairs):
+        if len(pair) != 2:
+            raise ValueError(f"seed {i}: expected an (A report, B report) tuple, got {len(pair)} reports")
+        try:
+            by_seed.append({r.metric: r for r in compare_reports(pair[0], pair[1], metrics)})
+        except ValueError as e:
+            raise ValueError(f"seed {i}: {e}") from None
+    names = [m for m in by_seed[0] if all(m in rows for rows in by_seed)]
+    n = len(by_seed)
+    critical = float("nan")
+    if n > 1:
+        from scipy.stats import t as student_t
+        critical = float(student_t.ppf(0.975, n - 1))
+    out = []
+    for metric in names:
+        per_seed = np.array([rows[metric].difference for rows in by_seed])
+        finite = bool(np.all(np.isfinite(per_seed)))
+        se = float(per_seed.std(ddof=1) / math.sqrt(n)) if n > 1 and finite else math.nan
+        higher = METRICS[metric]
+        out.append(SeedDifference(metric=metric, per_seed=tuple(float(x) for x in per_seed),
+                                  difference=float(per_seed.mean()), standard_error=se, critical_t=critical,
+                                  a_better_seeds=int(np.sum(per_seed > 0) if higher else np.sum(per_seed < 0)),
+                                  higher_is_better=higher))
+    return out
+
+
+def seed_comparison_table(rows: Sequence[SeedDifference], name_a: str = "A", name_b: str = "B") -> str:
+    """Markdown: one row per metric, each seed's difference, their mean, SE, t and verdict."""
+    lines = [f"| metric | {name_a} - {name_b} per seed | mean | SE (seeds) | t | critical t | A better in | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        arrow = "↑" if r.higher_is_better else "↓"
+        seeds = ", ".join(f"{x:+.4f}" for x in r.per_seed)
+        lines.append(f"| {r.metric} {arrow} | {seeds} | {r.difference:+.4f} | {r.standard_error:.4f} | {r.t:+.2f} | "
+                     f"{r.critical_t:.2f} | {r.a_better_seeds}/{r.seeds} | {r.verdict} |")
+    return "\n".join(lines)
 
 
 def comparison_table(rows: Sequence[MetricDifference], name_a: str = "A", name_b: str = "B") -> str:

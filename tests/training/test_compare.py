@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from otavatar.cli import main
 from otavatar.synthetic import CONTROLS
-from otavatar.training.compare import average_reports, compare_reports, comparison_table
+from otavatar.training.compare import (average_reports, compare_across_seeds, compare_reports, comparison_table,
+                                       seed_comparison_table)
 
 
 def _report(akd, aed_controls, psnr=None, readable=("jaw_open",), frames=32, resolution=128):
@@ -207,3 +208,59 @@ def test_cli_averages_comma_joined_reports(tmp_path):
     assert "| akd ↓ | 5.0667 | 5.5000 | -0.4333 |" in result.output and "a0+a1" in result.output
     result = CliRunner().invoke(main, ["train", "compare", f"{files['a0']},{tmp_path / 'nope.json'}", str(files["b"])])
     assert result.exit_code != 0 and "nope.json: no such report file" in result.output
+
+
+def _seed_pair(shift_a, shift_b, base=(4.0, 5.0, 6.0)):
+    """Seed i's matched pair: A and B on the same three evaluation pairs, A's AKD shifted by shift_a, B's by shift_b."""
+    return (_report([x + shift_a for x in base], [_controls(0.1)] * 3),
+            _report([x + shift_b for x in base], [_controls(0.1)] * 3))
+
+
+def test_across_seeds_tests_the_per_seed_differences():
+    rows = compare_across_seeds([_seed_pair(-0.30, 0.0), _seed_pair(-0.20, 0.0), _seed_pair(-0.25, 0.0)])
+    akd = _row(rows, "akd")
+    per_seed = np.array([-0.30, -0.20, -0.25])
+    assert akd.per_seed == pytest.approx(tuple(per_seed)) and akd.seeds == 3
+    assert akd.difference == pytest.approx(per_seed.mean())
+    assert akd.standard_error == pytest.approx(per_seed.std(ddof=1) / math.sqrt(3))
+    assert akd.critical_t == pytest.approx(4.303, abs=1e-3)       # Student t, 2 degrees of freedom
+    assert akd.t == pytest.approx(-8.66, abs=0.01) and akd.verdict == "A better" and akd.a_better_seeds == 3
+    assert _row(rows, "psnr").verdict == "within noise" and _row(rows, "psnr").t == 0.0
+    assert "| akd ↓ | -0.3000, -0.2000, -0.2500 | -0.2500 |" in seed_comparison_table(rows)
+    assert json.loads(json.dumps(akd.to_dict()))["verdict"] == "A better"
+
+
+def test_across_seeds_a_lead_one_seed_reverses_is_noise():
+    # every seed's own comparison is exact (identical shifts on every pair: SE 0), yet the seeds disagree
+    rows = compare_across_seeds([_seed_pair(-0.30, 0.0), _seed_pair(0.25, 0.0)])
+    akd = _row(rows, "akd")
+    assert akd.verdict == "within noise" and akd.a_better_seeds == 1 and akd.critical_t > 12
+    one = _row(compare_across_seeds([_seed_pair(-0.30, 0.0)]), "akd")
+    assert math.isnan(one.standard_error) and math.isnan(one.t) and one.verdict == "within noise"
+
+
+def test_across_seeds_refuses_bad_input():
+    with pytest.raises(ValueError, match="no seeds"):
+        compare_across_seeds([])
+    a, b = _seed_pair(0.0, 0.1)
+    with pytest.raises(ValueError, match="seed 1: the reports are on different pairs"):
+        compare_across_seeds([(a, b), (a, _report([4.0], [_controls(0.1)]))])
+    with pytest.raises(ValueError, match="seed 0: expected an"):
+        compare_across_seeds([(a,)])
+
+
+def test_cli_across_seeds(tmp_path):
+    paths = {}
+    for i, (a, b) in enumerate([_seed_pair(-0.3, 0.0), _seed_pair(-0.2, 0.0), _seed_pair(-0.25, 0.0)]):
+        for name, report in (("a", a), ("b", b)):
+            paths[f"{name}{i}"] = tmp_path / f"{name}{i}.json"
+            paths[f"{name}{i}"].write_text(json.dumps(report))
+    side_a = ",".join(str(paths[f"a{i}"]) for i in range(3))
+    side_b = ",".join(str(paths[f"b{i}"]) for i in range(3))
+    out = tmp_path / "seeds.json"
+    result = CliRunner().invoke(main, ["train", "compare", "--across-seeds", side_a, side_b, "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| akd ↓ | -0.3000, -0.2000, -0.2500 | -0.2500 |" in result.output and "a0+a1+a2 - b0+b1+b2" in result.output
+    assert next(r for r in json.loads(out.read_text()) if r["metric"] == "akd")["verdict"] == "A better"
+    result = CliRunner().invoke(main, ["train", "compare", "--across-seeds", side_a, str(paths["b0"])])
+    assert result.exit_code != 0 and "one report per seed on each side" in result.output
