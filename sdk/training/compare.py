@@ -66,6 +66,22 @@ def _ratio(difference: float, standard_error: float) -> float:
     return difference / standard_error
 
 
+def _verdict(ratio: float, critical: float, higher_is_better: bool) -> str:
+    """'A better', 'B better' or 'within noise' (|ratio| below critical, or NaN)."""
+    if not abs(ratio) >= critical:      # also NaN
+        return "within noise"
+    return "A better" if (ratio > 0) == higher_is_better else "B better"
+
+
+def _differences(diff: np.ndarray, higher_is_better: bool) -> tuple[float, float, int]:
+    """(mean, its SE = sample std / sqrt(n), how many samples favour A) of A - B samples; SE NaN for one sample or
+    any non-finite one."""
+    n = len(diff)
+    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 and np.all(np.isfinite(diff)) else math.nan
+    a_better = int(np.sum(diff > 0) if higher_is_better else np.sum(diff < 0))
+    return float(diff.mean()), se, a_better
+
+
 @dataclass(frozen=True)
 class MetricDifference:
     metric: str
@@ -88,11 +104,7 @@ class MetricDifference:
     @property
     def verdict(self) -> str:
         """'A better', 'B better' or 'within noise' (|z| < 1.96)."""
-        z = self.z
-        if not abs(z) >= Z_95:          # also NaN
-            return "within noise"
-        a_wins = (z > 0) == self.higher_is_better
-        return "A better" if a_wins else "B better"
+        return _verdict(self.z, Z_95, self.higher_is_better)
 
 
 @dataclass(frozen=True)
@@ -117,10 +129,7 @@ class SeedDifference:
     @property
     def verdict(self) -> str:
         """'A better', 'B better' or 'within noise' (|t| below the critical value, or one seed)."""
-        t = self.t
-        if not abs(t) >= self.critical_t:   # also NaN
-            return "within noise"
-        return "A better" if (t > 0) == self.higher_is_better else "B better"
+        return _verdict(self.t, self.critical_t, self.higher_is_better)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({**asdict(self), "per_seed": list(self.per_seed), "seeds": self.seeds, "t": self.t,
@@ -200,15 +209,11 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
         va, vb = _per_pair(a, metric, readable_index), _per_pair(b, metric, readable_index)
         xa = np.array([va[k] for k in keys_a])
         xb = np.array([vb[k] for k in keys_a])
-        diff = xa - xb
-        n = len(diff)
-        finite = bool(np.all(np.isfinite(diff)))
-        se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 and finite else math.nan
         higher = METRICS[metric]
-        a_better = int(np.sum(diff > 0) if higher else np.sum(diff < 0))
+        difference, se, a_better = _differences(xa - xb, higher)
         rows.append(MetricDifference(metric=metric, mean_a=float(xa.mean()), mean_b=float(xb.mean()),
-                                     difference=float(diff.mean()), standard_error=se, a_better=a_better,
-                                     pairs=n, higher_is_better=higher))
+                                     difference=difference, standard_error=se, a_better=a_better,
+                                     pairs=len(xa), higher_is_better=higher))
     return rows
 
 
@@ -259,20 +264,17 @@ def compare_across_seeds(seed_pairs: Sequence[tuple[Mapping[str, Any], Mapping[s
         except ValueError as e:
             raise ValueError(f"seed {i}: {e}") from None
     names = [m for m in by_seed[0] if all(m in rows for rows in by_seed)]
-    n = len(by_seed)
-    critical = float("nan")
-    if n > 1:
+    critical = math.nan
+    if len(by_seed) > 1:
         from scipy.stats import t as student_t
-        critical = float(student_t.ppf(0.975, n - 1))
+        critical = float(student_t.ppf(0.975, len(by_seed) - 1))
     out = []
     for metric in names:
         per_seed = np.array([rows[metric].difference for rows in by_seed])
-        finite = bool(np.all(np.isfinite(per_seed)))
-        se = float(per_seed.std(ddof=1) / math.sqrt(n)) if n > 1 and finite else math.nan
         higher = METRICS[metric]
-        out.append(SeedDifference(metric=metric, per_seed=tuple(float(x) for x in per_seed),
-                                  difference=float(per_seed.mean()), standard_error=se, critical_t=critical,
-                                  a_better_seeds=int(np.sum(per_seed > 0) if higher else np.sum(per_seed < 0)),
+        difference, se, a_better = _differences(per_seed, higher)
+        out.append(SeedDifference(metric=metric, per_seed=tuple(float(x) for x in per_seed), difference=difference,
+                                  standard_error=se, critical_t=critical, a_better_seeds=a_better,
                                   higher_is_better=higher))
     return out
 
