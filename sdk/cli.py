@@ -335,8 +335,11 @@ def export(weights: str | None, preset: str | None, out_dir: str, opset: int, pr
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the whole dataset.")
 @click.option("--force", is_flag=True, help="Replace a non-empty existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the frames are traced: cpu, cuda, cuda:N or auto. A GPU renders the same dataset, not the "
+                   "same bytes (float rounding); every documented dataset was rendered on the CPU.")
 def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, resolution: int, seed: int,
-          force: bool, quiet: bool) -> None:
+          force: bool, quiet: bool, device: str) -> None:
     """Write a SynthHeads dataset in the published OTAvatar LMDB layout, plus truth.npz (exact ground truth)."""
     try:
         from otavatar.synthetic.dataset import write_dataset
@@ -348,7 +351,7 @@ def synth(out_dir: str, subjects: int, videos_per_subject: int, frames: int, res
         raise click.ClickException(f"synth needs the `lmdb` package (the `train` extra): {e}") from None
     try:
         summary = write_dataset(out_dir, subjects, videos_per_subject, frames, resolution, seed, force=force,
-                                progress=not quiet)
+                                progress=not quiet, device=device)
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(summary.describe())

@@ -117,13 +117,16 @@ def _folder_bytes(path: Path) -> int:
 
 def write_dataset(out_dir: str | os.PathLike, subjects: int, videos_per_subject: int, frames: int,
                   resolution: int = 128, seed: int = 0, *, force: bool = False, progress: bool = True,
-                  chunk_frames: int = CHUNK_FRAMES) -> DatasetSummary:
+                  chunk_frames: int = CHUNK_FRAMES, device: str = "cpu") -> DatasetSummary:
     """Render subjects x videos_per_subject talking clips of `frames` frames and write them (module docstring).
 
     Subject s has identity Identity.sample(seed') and video v the motion talking_motion(seed''), with
     seed', seed'' derived from (seed, s[, v]) and recorded in truth.npz. The output is written into a temporary
     sibling folder and renamed into place at the end; an existing non-empty `out_dir` is refused unless
-    force=True (then it is replaced only after the new dataset is complete).
+    force=True (then it is replaced only after the new dataset is complete). device: where the frames are traced
+    ('cpu', 'cuda', 'cuda:N' or 'auto', as otavatar.training.run.resolve_device). The default is the CPU, on which
+    every documented dataset was rendered; a GPU's float rounding moves some pixels by a level or two, so a dataset
+    rendered there is the same dataset, not the same bytes.
 
     truth.npz: videos [V], subject [V], split [V] ('train'/'test'), video_seed [V], identity_seed [S],
     identity_fields [P], identity_params [S,P], control_names [8], controls [V,T,8], exp [V,T,64],
@@ -138,6 +141,9 @@ def write_dataset(out_dir: str | os.PathLike, subjects: int, videos_per_subject:
     resolution = _check_resolution(resolution)
     seed = _positive_int("seed", seed, lo=0)
     chunk_frames = _positive_int("chunk_frames", chunk_frames)
+    from otavatar.training.run import resolve_device
+
+    device = resolve_device(device)
     if subjects > 9999:
         raise ValueError(f"subjects must be <= 9999, got {subjects}")
     out = Path(out_dir).resolve()
@@ -155,7 +161,7 @@ def write_dataset(out_dir: str | os.PathLike, subjects: int, videos_per_subject:
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)                   # mkdtemp's 0700 would survive the rename
         summary = _write(tmp, lmdb, render, subjects, videos_per_subject, frames, resolution, seed, progress,
-                         chunk_frames)
+                         chunk_frames, device)
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.rename(out, trash / "old")
@@ -173,7 +179,7 @@ def write_dataset(out_dir: str | os.PathLike, subjects: int, videos_per_subject:
                           seconds=time.perf_counter() - start)
 
 
-def _write(root: Path, lmdb, render, subjects, per, frames, res, seed, progress, chunk):
+def _write(root: Path, lmdb, render, subjects, per, frames, res, seed, progress, chunk, device):
     n_test = 0 if subjects == 1 else max(1, subjects // 8)
     names = [video_name(s, v) for s in range(subjects) for v in range(per)]
     split = ["test" if s >= subjects - n_test else "train" for s in range(subjects) for _ in range(per)]
@@ -204,7 +210,7 @@ def _write(root: Path, lmdb, render, subjects, per, frames, res, seed, progress,
                 motion = talking_motion(seed=int(vid_seeds[i]), frames=frames)
                 with env.begin(write=True) as txn:
                     for f0 in range(0, frames, chunk):
-                        clip = render(who, motion[f0:f0 + chunk], resolution=res)
+                        clip = render(who, motion[f0:f0 + chunk], resolution=res, device=device)
                         for k, img in enumerate(clip.images):
                             txn.put(f"{name}-{f0 + k:07d}".encode(), _jpeg(img))
                         truth["cameras"][i, f0:f0 + len(clip)] = clip.cameras

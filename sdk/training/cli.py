@@ -354,6 +354,54 @@ def compare(report_a: str, report_b: str, across_seeds: bool, json_out: str | No
         Path(json_out).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
 
 
+@train.command("ablation", context_settings={"ignore_unknown_options": True})
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The SynthHeads training set (its test split is the first evaluation set).")
+@click.option("--heldout", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="A further SynthHeads set whose test split is scored too (repeat for several).")
+@click.option("--prior", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Weights with the starting generator (passed to every `train controller --prior`).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The ablation's folder (resumable).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Training seeds, comma-separated (at least 2).")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), required=True,
+              help="Each training run's wall-clock budget.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Subprocesses at a time (training runs, then evaluations).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per job.")
+@click.option("--eval-args", default="--steps 30 30 --videos-per-subject 2", show_default=True,
+              help="Options for every `train evaluate` job.")
+@click.option("--criteria", default=",".join(("akd_detected", "aed_detected")), show_default=True,
+              help="The columns on which (a) must beat (b) and (c) across seeds on every set.")
+@_device_option
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+def ablation(data_dir: str, heldout: tuple[str, ...], prior: str, out: str, seeds: str, max_minutes: float,
+             jobs: int, threads: int, eval_args: str, criteria: str, device: str, train_args: tuple[str, ...]) -> None:
+    """The issue's ablation: (successive, joint) pairs over seeds, scored as (a), (b), (c) and tested across seeds.
+
+    TRAIN_ARGS (after `--`) are the recipe, given to every `train controller` run of both schedules, e.g.
+    `-- --fresh-controller --batch 8 --inversion-steps 3 --controller-steps 1 --sr-steps 1 --iterations 100000`.
+    Writes OUT/summary.md and OUT/summary.json; rerunning the command resumes where it stopped
+    (otavatar.training.ablation)."""
+    import shlex
+
+    from otavatar.training.ablation import AblationPlan, run_ablation
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected integers joined by commas, got {seeds!r}", param_hint="--seeds") from None
+    try:
+        plan = AblationPlan(data=Path(data_dir), out=Path(out), prior=Path(prior), seeds=seed_list,
+                            heldout=tuple(Path(h) for h in heldout), train_args=tuple(train_args),
+                            eval_args=tuple(shlex.split(eval_args)), max_minutes=max_minutes, jobs=jobs,
+                            device=device, threads=threads,
+                            criteria=tuple(c.strip() for c in criteria.split(",") if c.strip()))
+        summary = run_ablation(plan, echo=click.echo)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(summary.markdown())
+
+
 @train.command("package")
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A controller run's ema.safetensors (generator + controller).")

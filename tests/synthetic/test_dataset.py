@@ -144,6 +144,7 @@ def test_refuses_to_overwrite_unless_forced(tmp_path):
     ({"frames": True}, "frames must be"),
     ({"resolution": 4}, "resolution must be"),
     ({"seed": -1}, "seed must be an int >= 0"),
+    ({"device": "tpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'tpu'"),
 ])
 def test_validation(tmp_path, kwargs, match):
     args = {"subjects": 1, "videos_per_subject": 1, "frames": 1, "resolution": 16, "seed": 0} | kwargs
@@ -165,3 +166,32 @@ def test_cli(tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, [*args[:-1], "--frames", "0"])
     assert r.exit_code == 2 and "--frames" in r.output
+
+
+def test_device_cpu_is_the_default_render(tmp_path, written):
+    out, _ = written
+    write_dataset(tmp_path / "cpu", 2, 2, FRAMES, RES, seed=3, progress=False, device="cpu")
+    assert _raw(tmp_path / "cpu") == _raw(out)
+
+
+def test_cli_refuses_an_unknown_device(tmp_path):
+    r = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "ds"), "--subjects", "1", "--frames", "1",
+                                  "--resolution", "16", "--quiet", "--device", "tpu"])
+    assert r.exit_code != 0 and "got 'tpu'" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.gpu
+def test_device_cuda_renders_the_same_dataset(tmp_path, written):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    out, _ = written
+    write_dataset(tmp_path / "gpu", 2, 2, FRAMES, RES, seed=3, progress=False, device="cuda")
+    with np.load(out / "truth.npz") as cpu, np.load(tmp_path / "gpu" / "truth.npz") as gpu:
+        np.testing.assert_allclose(gpu["landmarks"], cpu["landmarks"], atol=1e-2)
+        np.testing.assert_array_equal(gpu["controls"], cpu["controls"])
+    frames = [k for k in _raw(out) if k.endswith("-0000000")]
+    for key in frames:                        # the same faces, up to float rounding at a few pixels' edges
+        a, b = (np.asarray(Image.open(io.BytesIO(_raw(d)[key])), np.float32) for d in (out, tmp_path / "gpu"))
+        assert np.abs(a - b).mean() < 2.0, key

@@ -16,7 +16,7 @@ def _run(*args):
 def test_commands_are_listed():
     result = _run("--help")
     assert result.exit_code == 0
-    for name in ("multiview", "prior", "controller", "evaluate", "compare"):
+    for name in ("multiview", "prior", "controller", "evaluate", "compare", "ablation"):
         assert name in result.output
 
 
