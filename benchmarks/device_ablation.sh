@@ -18,7 +18,8 @@
 set -euo pipefail
 MINUTES=${MINUTES:-4}
 SEEDS=${SEEDS:-0,1,2}
-JOBS=${JOBS:-6}
+JOBS=${JOBS:-6}                 # training runs side by side: SEEDS x 2 schedules at once
+EVAL_JOBS=${EVAL_JOBS:-7}       # 3 sets x (6 models + the shared static identity) = 21 evaluations, 3 rounds
 WORK=${WORK:-out/device-ablation}
 OUT=${OUT:-$WORK/returned}
 # Round 20's recipe (docs/training.md) at the published per-GPU batch of 8 videos.
@@ -30,7 +31,7 @@ DEVICE=${DEVICE:-cuda}
 SYNTH=(40 80 48)                # training subjects, held-out subjects, frames per video (docs/training.md)
 EVAL_ARGS="--steps 30 30 --videos-per-subject 2"
 if [ "${SMOKE:-0}" = 1 ]; then
-  MINUTES=0.3 SEEDS=0,1 JOBS=2 WORK=out/device-ablation-smoke OUT=out/device-ablation-smoke/returned
+  MINUTES=0.3 SEEDS=0,1 JOBS=2 EVAL_JOBS=2 WORK=out/device-ablation-smoke OUT=out/device-ablation-smoke/returned
   SYNTH=(3 3 4) EVAL_ARGS="--steps 1 1 --frames 2"
   RECIPE="--fresh-controller --batch 1 --inversion-steps 2 --controller-steps 1 --sr-steps 1 --iterations 2
     --density-points 64 --sr-perceptual-size 16 --identity-encoder none"
@@ -61,7 +62,7 @@ echo "datasets: $(( $(date +%s) - start )) s"
 # shellcheck disable=SC2086  # RECIPE is a list of options
 python3 -m otavatar.cli train ablation --data "$WORK/data/synth" --heldout "$WORK/data/heldout-s1" \
     --heldout "$WORK/data/heldout-s2" --prior sdk/weights/default/otavatar-tiny.safetensors --out "$WORK/round" \
-    --seeds "$SEEDS" --max-minutes "$MINUTES" --jobs "$JOBS" --threads 2 --device "$DEVICE" \
+    --seeds "$SEEDS" --max-minutes "$MINUTES" --jobs "$JOBS" --eval-jobs "$EVAL_JOBS" --threads 2 --device "$DEVICE" \
     --eval-args "$EVAL_ARGS" -- $RECIPE \
     | tee "$WORK/ablation.log"
 echo "total: $(( $(date +%s) - start )) s"

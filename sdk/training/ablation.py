@@ -52,7 +52,8 @@ class AblationPlan:
     train_args: tuple[str, ...] = ()    # the recipe: extra `train controller` options, the same for both schedules
     eval_args: tuple[str, ...] = ()     # extra `train evaluate` options (e.g. --steps 30 30 --videos-per-subject 2)
     max_minutes: float = 60.0           # each training run's wall-clock budget
-    jobs: int = 2                       # subprocesses at a time
+    jobs: int = 2                       # training subprocesses at a time
+    eval_jobs: int | None = None        # evaluation subprocesses at a time (None: `jobs`)
     device: str = "auto"
     threads: int = 1                    # torch threads per subprocess
     criteria: tuple[str, ...] = DEFAULT_CRITERIA
@@ -62,9 +63,9 @@ class AblationPlan:
             raise ValueError(f"the across-seed test needs at least 2 seeds, got {list(self.seeds)}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must differ, got {list(self.seeds)}")
-        if not self.max_minutes > 0 or self.jobs < 1 or self.threads < 1:
-            raise ValueError(f"max_minutes must be > 0 and jobs, threads >= 1 (got {self.max_minutes}, "
-                             f"{self.jobs}, {self.threads})")
+        if not self.max_minutes > 0 or self.jobs < 1 or self.threads < 1 or (self.eval_jobs or 1) < 1:
+            raise ValueError(f"max_minutes must be > 0 and jobs, eval_jobs, threads >= 1 (got {self.max_minutes}, "
+                             f"{self.jobs}, {self.eval_jobs}, {self.threads})")
         owned = {"--schedule", "--seed", "--out", "--data", "--prior", "--max-minutes", "--resume", "--device",
                  "--threads", "--json-out", "--weights", "--mode"}
         for name, args in (("train_args", self.train_args), ("eval_args", self.eval_args)):
@@ -87,8 +88,15 @@ class AblationPlan:
     def run_dir(self, schedule: str, seed: int) -> Path:
         return Path(self.out) / "runs" / f"{schedule}-s{seed}"
 
+    @property
+    def frozen_generator(self) -> bool:
+        """--freeze-generator in the recipe: every run renders with the prior's generator, bit for bit (the EMA of
+        an unchanged tensor is that tensor), so one static identity per set serves every seed."""
+        return "--freeze-generator" in self.train_args
+
     def report(self, dataset: Path, kind: str, seed: int) -> Path:
-        return Path(self.out) / "reports" / Path(dataset).name / f"{kind}-s{seed}.json"
+        name = "static" if kind == "static" and self.frozen_generator else f"{kind}-s{seed}"
+        return Path(self.out) / "reports" / Path(dataset).name / f"{name}.json"
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class Job:
 
 def plan_jobs(plan: AblationPlan) -> tuple[list[Job], list[Job]]:
     """(training jobs, evaluation jobs): both schedules per seed; (a), (b), (c) per seed and set. (c) is the static
-    identity on (a)'s generator (with --freeze-generator every seed's is the prior's, so (c) repeats)."""
+    identity on (a)'s generator: with --freeze-generator that is the prior's, scored once per set."""
     common = ("--device", plan.device, "--threads", str(plan.threads))
     cli = (sys.executable, "-m", "otavatar.cli")
     train = []
@@ -115,12 +123,16 @@ def plan_jobs(plan: AblationPlan) -> tuple[list[Job], list[Job]]:
     for dataset in plan.sets:
         for seed in plan.seeds:
             for kind in KINDS:
-                weights = plan.run_dir("successive" if kind == "static" else kind, seed) / "ema.safetensors"
-                mode = ("--mode", "static") if kind == "static" else ()
                 out = plan.report(dataset, kind, seed)
+                if any(job.output == out for job in evaluate):
+                    continue                                  # the shared static identity, already planned
+                weights = plan.run_dir("successive" if kind == "static" else kind, seed) / "ema.safetensors"
+                if kind == "static" and plan.frozen_generator:
+                    weights = Path(plan.prior)
+                mode = ("--mode", "static") if kind == "static" else ()
                 argv = (*cli, "train", "evaluate", "--weights", str(weights), "--data", str(dataset), *mode,
                         "--json-out", str(out), *plan.eval_args, *common)
-                evaluate.append(Job(f"eval-{Path(dataset).name}-{kind}-s{seed}", argv, out))
+                evaluate.append(Job(f"eval-{Path(dataset).name}-{out.stem}", argv, out))
     return train, evaluate
 
 
@@ -299,7 +311,7 @@ def run_ablation(plan: AblationPlan, *, echo: Callable[[str], Any] = print) -> A
                                                for k, v in plan.__dict__.items()}, indent=2))
     train, evaluate = plan_jobs(plan)
     run_jobs(train, out, plan.jobs, max_minutes=plan.max_minutes, echo=echo)
-    run_jobs(evaluate, out, plan.jobs, echo=echo)
+    run_jobs(evaluate, out, plan.eval_jobs or plan.jobs, echo=echo)
     summary = summarise(plan)
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     (out / "summary.md").write_text(summary.markdown())

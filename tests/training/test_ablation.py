@@ -55,6 +55,15 @@ def test_jobs_pair_the_schedules_per_seed_and_score_three_models_per_set(tmp_pat
     assert all(j.argv[-4:] == ("--device", "auto", "--threads", "1") for j in train + evaluate)
 
 
+def test_a_frozen_generator_scores_the_static_identity_once_per_set(tmp_path):
+    plan = _plan(tmp_path, train_args=("--freeze-generator",))
+    _, evaluate = plan_jobs(plan)
+    static = [j for j in evaluate if "--mode" in j.argv]
+    assert len(evaluate) == 2 * (3 * 2 + 1) and len(static) == 2
+    assert all(j.argv[j.argv.index("--weights") + 1] == str(plan.prior) for j in static)
+    assert {plan.report(plan.sets[0], "static", seed) for seed in plan.seeds} == {static[0].output}
+
+
 def test_a_stopped_run_resumes_within_its_budget(tmp_path):
     run = tmp_path / "run"
     job = Job("train-x", (sys.executable, "-m", "otavatar.cli", "train", "controller"), run / "ema.safetensors", run)
