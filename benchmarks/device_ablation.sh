@@ -50,7 +50,7 @@ mkdir -p "$WORK/data" "$OUT"
 start=$(date +%s)
 synth() {   # NAME SUBJECTS SEED
   [ -f "$WORK/data/$1/truth.npz" ] || python3 -m otavatar.cli synth --out "$WORK/data/$1" --subjects "$2" \
-      --videos-per-subject 2 --frames "${SYNTH[2]}" --resolution 128 --seed "$3" --device "$DEVICE" --quiet --force
+      --videos-per-subject 2 --frames "${SYNTH[2]}" --resolution 128 --seed "$3" --device "$DEVICE" --quiet
 }
 pids=()
 synth synth "${SYNTH[0]}" 0 & pids+=($!)

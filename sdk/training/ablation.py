@@ -32,8 +32,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["AblationPlan", "AblationSummary", "Job", "DEFAULT_CRITERIA", "KINDS", "plan_jobs", "run_ablation",
-           "run_jobs", "summarise"]
+from otavatar.training.compare import (METRICS, SeedDifference, compare_across_seeds, report_means,
+                                       seed_comparison_table)
+
+__all__ = ["AblationPlan", "AblationSummary", "Job", "DEFAULT_CRITERIA", "KINDS", "SetSummary", "plan_jobs",
+           "run_ablation", "run_jobs", "summarise"]
 
 KINDS = ("successive", "joint", "static")          # (a), (b), (c)
 LABELS = {"successive": "(a) successive", "joint": "(b) joint", "static": "(c) static"}
@@ -72,8 +75,6 @@ class AblationPlan:
             clash = sorted(owned & {a.split("=")[0] for a in args})
             if clash:
                 raise ValueError(f"{name} must not set {clash}: the ablation sets them for every job")
-        from otavatar.training.compare import METRICS
-
         unknown = [c for c in self.criteria if c not in METRICS]
         if unknown or not self.criteria:
             raise ValueError(f"criteria must be metrics of otavatar.training.compare, got {list(self.criteria)}")
@@ -159,10 +160,12 @@ def run_jobs(jobs: Sequence[Job], out: Path, parallel: int, *, max_minutes: floa
     logs, done = Path(out) / "logs", Path(out) / "done"
     logs.mkdir(parents=True, exist_ok=True)
     done.mkdir(parents=True, exist_ok=True)
-    pending = [j for j in jobs if not (done / f"{j.name}.json").exists()]
-    for j in jobs:
-        if j not in pending:
-            echo(f"skip {j.name} (done)")
+    pending = []
+    for job in jobs:
+        if (done / f"{job.name}.json").exists():
+            echo(f"skip {job.name} (done)")
+        else:
+            pending.append(job)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     running: dict[str, tuple[Job, subprocess.Popen, float, Any]] = {}
     failed: list[str] = []
@@ -199,30 +202,39 @@ def run_jobs(jobs: Sequence[Job], out: Path, parallel: int, *, max_minutes: floa
         raise RuntimeError(f"{len(failed)} job(s) failed: {'; '.join(failed)}")
 
 
+VERSUS = {"a_vs_b": ("successive", "joint"), "a_vs_c": ("successive", "static"), "b_vs_c": ("joint", "static")}
+
+
+@dataclass(frozen=True)
+class SetSummary:
+    means: dict[str, dict[str, float]]                 # kind -> metric -> mean over pairs, then over seeds
+    tests: dict[str, dict[str, SeedDifference]]        # VERSUS key -> metric -> the across-seed test
+
+
 @dataclass(frozen=True)
 class AblationSummary:
     seeds: tuple[int, ...]
     criteria: tuple[str, ...]
-    sets: dict[str, dict[str, Any]]     # set -> {"means": {kind: {metric: mean over seeds}}, "tests": {...}}
+    sets: dict[str, SetSummary]                        # evaluation set (folder name) -> its summary
     training: dict[str, dict[str, Any]] = field(default_factory=dict)    # run name -> iterations, seconds, rollbacks
 
     @property
     def done_when(self) -> dict[str, bool]:
         """Per set: (a) beats (b) and (c) across seeds on every criterion."""
-        out = {}
-        for name, entry in self.sets.items():
-            rows = entry["tests"]
-            out[name] = all(rows[versus][metric]["verdict"] == "A better"
-                            for versus in ("a_vs_b", "a_vs_c") for metric in self.criteria)
-        return out
+        return {name: all(entry.tests[versus][metric].verdict == "A better"
+                          for versus in ("a_vs_b", "a_vs_c") for metric in self.criteria)
+                for name, entry in self.sets.items()}
 
     @property
     def met(self) -> bool:
         return bool(self.sets) and all(self.done_when.values())
 
     def to_dict(self) -> dict[str, Any]:
+        sets = {name: {"means": entry.means,
+                       "tests": {v: {m: r.to_dict() for m, r in rows.items()} for v, rows in entry.tests.items()}}
+                for name, entry in self.sets.items()}
         return {"seeds": list(self.seeds), "criteria": list(self.criteria), "done_when": self.done_when,
-                "met": self.met, "sets": self.sets, "training": self.training}
+                "met": self.met, "sets": sets, "training": self.training}
 
     def markdown(self) -> str:
         lines = [f"Seeds {list(self.seeds)}; the done-when columns: {', '.join(self.criteria)}. "
@@ -237,21 +249,13 @@ class AblationSummary:
             lines += [f"### {name}: means over seeds", "", "| model | " + " | ".join(SHOWN) + " |",
                       "|---" * (len(SHOWN) + 1) + "|"]
             for kind in KINDS:
-                means = entry["means"][kind]
+                means = entry.means[kind]
                 lines.append(f"| {LABELS[kind]} | " + " | ".join(f"{means.get(m, float('nan')):.4f}" for m in SHOWN)
                              + " |")
-            lines += ["", f"### {name}: across seeds (t over the seeds' paired differences)", "",
-                      "| A vs B | metric | per seed | mean | SE | t | critical t | verdict |",
-                      "|---|---|---|---|---|---|---|---|"]
-            for versus, rows in entry["tests"].items():
-                for metric in SHOWN:
-                    r = rows.get(metric)
-                    if r is None:
-                        continue
-                    seeds = ", ".join(f"{float(x):+.4f}" for x in r["per_seed"])       # json_safe: "nan"
-                    lines.append(f"| {versus} | {metric} | {seeds} | {float(r['difference']):+.4f} | "
-                                 f"{float(r['standard_error']):.4f} | {float(r['t']):+.2f} | "
-                                 f"{float(r['critical_t']):.2f} | {r['verdict']} |")
+            for versus, (a, b) in VERSUS.items():
+                rows = [entry.tests[versus][m] for m in SHOWN if m in entry.tests[versus]]
+                lines += ["", f"### {name}: {LABELS[a]} vs {LABELS[b]} across seeds", "",
+                          seed_comparison_table(rows, a, b)]
             lines.append("")
         return "\n".join(lines)
 
@@ -268,29 +272,22 @@ def _training_summary(run: Path) -> dict[str, Any]:
 
 def summarise(plan: AblationPlan) -> AblationSummary:
     """Load every report and test (a) vs (b), (a) vs (c) and (b) vs (c) across seeds on every set."""
-    from otavatar.training.compare import compare_across_seeds, compare_reports
-
-    sets: dict[str, dict[str, Any]] = {}
+    sets: dict[str, SetSummary] = {}
     for dataset in plan.sets:
-        reports: dict[str, list[Mapping[str, Any]]] = {}
+        reports: dict[str, list[Mapping[str, Any]]] = {kind: [] for kind in KINDS}
         for kind in KINDS:
-            reports[kind] = []
             for seed in plan.seeds:
                 path = plan.report(dataset, kind, seed)
                 if not path.exists():
                     raise FileNotFoundError(f"{path}: missing report (run the ablation's evaluation jobs)")
                 reports[kind].append(json.loads(path.read_text()))
-        tests = {}
-        for versus, (a, b) in {"a_vs_b": ("successive", "joint"), "a_vs_c": ("successive", "static"),
-                               "b_vs_c": ("joint", "static")}.items():
-            rows = compare_across_seeds(list(zip(reports[a], reports[b])))
-            tests[versus] = {r.metric: r.to_dict() for r in rows}
+        tests = {versus: {r.metric: r for r in compare_across_seeds(list(zip(reports[a], reports[b])))}
+                 for versus, (a, b) in VERSUS.items()}
         means = {}
         for kind in KINDS:
-            # each seed's mean over pairs (the same for A and B in compare_reports), averaged over seeds
-            per_seed = [{r.metric: r.mean_a for r in compare_reports(rep, rep)} for rep in reports[kind]]
-            means[kind] = {m: float(np.mean([s[m] for s in per_seed])) for m in per_seed[0]}
-        sets[Path(dataset).name] = {"means": means, "tests": tests}
+            per_seed = [report_means(report) for report in reports[kind]]
+            means[kind] = {m: float(np.mean([seed[m] for seed in per_seed])) for m in per_seed[0]}
+        sets[Path(dataset).name] = SetSummary(means=means, tests=tests)
     training = {f"{schedule}-s{seed}": _training_summary(plan.run_dir(schedule, seed))
                 for seed in plan.seeds for schedule in ("successive", "joint")}
     return AblationSummary(seeds=tuple(plan.seeds), criteria=tuple(plan.criteria), sets=sets, training=training)

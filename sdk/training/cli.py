@@ -365,13 +365,12 @@ def compare(report_a: str, report_b: str, across_seeds: bool, json_out: str | No
 @click.option("--seeds", default="0,1,2", show_default=True, help="Training seeds, comma-separated (at least 2).")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), required=True,
               help="Each training run's wall-clock budget.")
-@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Training runs at a time.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Training runs at a time.")
 @click.option("--eval-jobs", type=click.IntRange(min=1), default=None, help="Evaluations at a time (default: --jobs).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch threads per job.")
 @click.option("--eval-args", default="--steps 30 30 --videos-per-subject 2", show_default=True,
               help="Options for every `train evaluate` job.")
-@click.option("--criteria", default=",".join(("akd_detected", "aed_detected")), show_default=True,
+@click.option("--criteria", default="akd_detected,aed_detected", show_default=True,
               help="The columns on which (a) must beat (b) and (c) across seeds on every set.")
 @_device_option
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
@@ -396,8 +395,7 @@ def ablation(data_dir: str, heldout: tuple[str, ...], prior: str, out: str, seed
         plan = AblationPlan(data=Path(data_dir), out=Path(out), prior=Path(prior), seeds=seed_list,
                             heldout=tuple(Path(h) for h in heldout), train_args=tuple(train_args),
                             eval_args=tuple(shlex.split(eval_args)), max_minutes=max_minutes, jobs=jobs,
-                            eval_jobs=eval_jobs,
-                            device=device, threads=threads,
+                            eval_jobs=eval_jobs, device=device, threads=threads,
                             criteria=tuple(c.strip() for c in criteria.split(",") if c.strip()))
         summary = run_ablation(plan, echo=click.echo)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

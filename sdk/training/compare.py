@@ -34,7 +34,7 @@ from otavatar.training.evaluate import json_safe
 from otavatar.training.metrics import LANDMARK_REGIONS, region_means
 
 __all__ = ["MetricDifference", "SeedDifference", "average_reports", "compare_across_seeds", "compare_reports",
-           "comparison_table", "seed_comparison_table", "METRICS", "Z_95"]
+           "comparison_table", "report_means", "seed_comparison_table", "METRICS", "Z_95"]
 
 # metric -> higher is better. "aed_readable" is per pair the mean of aed_controls over the report's readable
 # controls (with equal frames per pair that is what the report's pooled aed_readable averages); "akd_<region>"
@@ -181,6 +181,39 @@ def _matching_pair_keys(reports: Mapping[str, Mapping[str, Any]]) -> list[tuple[
     return keys[first]
 
 
+def _checked_metrics(reports: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None) -> list[str]:
+    """metrics, or with None every metric all `reports` can give (the regional AKDs only where every pair holds
+    the landmark column); ValueError for an unknown one."""
+    if metrics is None:
+        metrics = [m for m in METRICS
+                   if m not in _NEEDS or all(p.get(_NEEDS[m]) for r in reports for p in r["pairs"])]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    return list(metrics)
+
+
+def _readable_controls(reports: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The controls every report reads. They are chosen from the ground truth alone, so the same pairs give the
+    same list; if two probe versions disagree, compare on the controls all of them read."""
+    return [c for c in reports[0].get("readable_controls", [])
+            if all(c in r.get("readable_controls", []) for r in reports[1:])]
+
+
+def _readable_index(reports: Sequence[Mapping[str, Any]]) -> list[int]:
+    from otavatar.synthetic.params import CONTROLS
+
+    return [CONTROLS.index(c) for c in _readable_controls(reports)]
+
+
+def report_means(report: Mapping[str, Any], metrics: Sequence[str] | None = None) -> dict[str, float]:
+    """Each metric's mean over the report's pairs, per pair as compare_reports reads it (metrics: None = every
+    metric the report gives)."""
+    readable_index = _readable_index([report])
+    return {m: float(np.mean(list(_per_pair(report, m, readable_index).values())))
+            for m in _checked_metrics([report], metrics)}
+
+
 def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
                     metrics: Sequence[str] | None = None) -> list[MetricDifference]:
     """One MetricDifference per metric for report A against report B (dicts as written by --json-out).
@@ -191,19 +224,8 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any],
     the comparison would mix pair difficulty into the difference, so it raises ValueError naming what differs.
     """
     keys_a = _matching_pair_keys({"A": a, "B": b})
-    if metrics is None:
-        metrics = [m for m in METRICS
-                   if m not in _NEEDS or all(p.get(_NEEDS[m]) for r in (a, b) for p in r["pairs"])]
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
-    from otavatar.synthetic.params import CONTROLS
-
-    # readable controls are chosen from the ground truth alone, so the same pairs give the same list; if two
-    # probe versions disagree, compare on the controls both read
-    read_by_b = set(b.get("readable_controls", []))
-    readable = [c for c in a.get("readable_controls", []) if c in read_by_b]
-    readable_index = [CONTROLS.index(c) for c in readable]
+    metrics = _checked_metrics([a, b], metrics)
+    readable_index = _readable_index([a, b])
     rows = []
     for metric in metrics:
         va, vb = _per_pair(a, metric, readable_index), _per_pair(b, metric, readable_index)
@@ -241,8 +263,7 @@ def average_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 mean = values.mean(0)
                 pair[name] = mean.tolist() if mean.ndim else float(mean)
         pairs.append(pair)
-    readable = [c for c in first.get("readable_controls", [])
-                if all(c in r.get("readable_controls", []) for r in reports)]
+    readable = _readable_controls(reports)
     return {"frames": first.get("frames"), "resolution": first.get("resolution"), "pairs": pairs,
             "readable_controls": readable, "averaged_reports": len(reports)}
 

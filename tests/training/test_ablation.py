@@ -121,17 +121,16 @@ def test_summary_meets_the_done_when_only_when_a_beats_b_and_c_on_every_set(tmp_
     _write_reports(plan, {"successive": -0.2, "joint": -0.1, "static": 0.0})
     summary = summarise(plan)
     assert summary.done_when == {"synth": True, "heldout-s1": True} and summary.met
-    means = summary.sets["synth"]["means"]
+    means = summary.sets["synth"].means
     assert means["successive"]["akd_detected"] < means["joint"]["akd_detected"] < means["static"]["akd_detected"]
-    row = summary.sets["heldout-s1"]["tests"]["a_vs_b"]["akd_detected"]
-    assert row["verdict"] == "A better" and len(row["per_seed"]) == 3 and row["per_seed"][0] == pytest.approx(-0.1,
-                                                                                                              abs=0.01)
+    row = summary.sets["heldout-s1"].tests["a_vs_b"]["akd_detected"]
+    assert row.verdict == "A better" and len(row.per_seed) == 3 and row.per_seed[0] == pytest.approx(-0.1, abs=0.01)
     assert "Done-when met" in summary.markdown() and json.dumps(summary.to_dict())
     _write_reports(plan, {"successive": -0.1, "joint": -0.2, "static": 0.0})        # the ablation is better
     summary = summarise(plan)
     assert summary.done_when == {"synth": False, "heldout-s1": False} and not summary.met
-    assert summary.sets["synth"]["tests"]["a_vs_b"]["aed_detected"]["verdict"] == "B better"
-    assert summary.sets["synth"]["tests"]["a_vs_c"]["aed_detected"]["verdict"] == "A better"
+    assert summary.to_dict()["sets"]["synth"]["tests"]["a_vs_b"]["aed_detected"]["verdict"] == "B better"
+    assert summary.sets["synth"].tests["a_vs_c"]["aed_detected"].verdict == "A better"
     assert "Done-when not met" in summary.markdown()
     plan.report(plan.sets[1], "static", 2).unlink()
     with pytest.raises(FileNotFoundError, match="static-s2.json: missing report"):

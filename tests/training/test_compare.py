@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from otavatar.cli import main
 from otavatar.synthetic import CONTROLS
 from otavatar.training.compare import (average_reports, compare_across_seeds, compare_reports, comparison_table,
-                                       seed_comparison_table)
+                                       report_means, seed_comparison_table)
 
 
 def _report(akd, aed_controls, psnr=None, readable=("jaw_open",), frames=32, resolution=128):
@@ -264,3 +264,13 @@ def test_cli_across_seeds(tmp_path):
     assert next(r for r in json.loads(out.read_text()) if r["metric"] == "akd")["verdict"] == "A better"
     result = CliRunner().invoke(main, ["train", "compare", "--across-seeds", side_a, str(paths["b0"])])
     assert result.exit_code != 0 and "one report per seed on each side" in result.output
+
+
+def test_report_means_are_what_a_comparison_reads_as_its_means():
+    a = _report([4.0, 5.0, 6.0], [_controls(0.1, rest=0.9), _controls(0.2, rest=0.9), _controls(0.3, rest=0.9)])
+    b = _report([1.0, 1.0, 1.0], [_controls(0.5)] * 3)
+    means = report_means(a)
+    assert means["akd"] == pytest.approx(5.0) and means["aed_readable"] == pytest.approx(0.2)
+    assert means == {r.metric: pytest.approx(r.mean_a) for r in compare_reports(a, b)}
+    with pytest.raises(ValueError, match="unknown metric"):
+        report_means(a, ["speed"])
