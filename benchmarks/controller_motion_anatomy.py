@@ -11,13 +11,13 @@ For every frame of every video of a SynthHeads split, run the controller on its 
 
 and the same split for the motion with the pose inputs zeroed. A controller that learnt motion has most of its
 variance explained by the controls and little between-video variance; one that absorbed identity has the reverse.
-Used in docs/training.md (round 6). Only controller forwards: seconds on a CPU.
+Used in docs/training-rounds.md (round 6). Only controller forwards: seconds on a CPU.
 
 It also reports where the motion can point at all: every motion is a mix of the K orthonormal directions of the
 controller's basis (QR of `direction.weight`), so it lives in a K-dimensional subspace of W. `basis` gives the
 direction matrix's rms (its scale; the basis does not depend on it) and the overlap of the basis with that of the
 fresh controller the trainer starts from with `--init-seed` (the mean squared cosine of their principal angles: 1 =
-the same subspace, K / w_dim = unrelated), and with every other file's (round 17 of docs/training.md).
+the same subspace, K / w_dim = unrelated), and with every other file's (round 17 of docs/training-rounds.md).
 
     python benchmarks/controller_motion_anatomy.py runs/r11-successive/ema.safetensors runs/r11-joint/ema.safetensors \
         --data data/synth [--split train|test]

@@ -3,7 +3,7 @@
 From a run's checkpoint (generator, controller, optimiser states and its persistent code bank), run a few
 iterations of each schedule variant on batches that avoid a fixed held-in probe set (8 training videos, 2 frames
 each, rendered from their banked codes at low resolution), and print the probe's loss after every iteration. An
-update that generalises lowers it; one that chases its own batch raises it. Used in docs/training.md (round 3).
+update that generalises lowers it; one that chases its own batch raises it. Used in docs/training-rounds.md (round 3).
 
     python benchmarks/decouple_update_probe.py runs/r5-successive --data data/synth --iterations 4 \
         [--lr-controller 1e-3]

@@ -20,9 +20,10 @@ MINUTES=${MINUTES:-4}
 SEEDS=${SEEDS:-0,1,2}
 JOBS=${JOBS:-6}                 # training runs side by side: SEEDS x 2 schedules at once
 EVAL_JOBS=${EVAL_JOBS:-7}       # 3 sets x (6 models + the shared static identity) = 21 evaluations, 3 rounds
+THREADS=${THREADS:-2}           # torch threads per job: 16 cores over 7 evaluations at a time
 WORK=${WORK:-out/device-ablation}
 OUT=${OUT:-$WORK/returned}
-# Round 20's recipe (docs/training.md) at the published per-GPU batch of 8 videos.
+# Round 20's recipe (docs/training-rounds.md) at the published per-GPU batch of 8 videos.
 RECIPE=${RECIPE:-"--fresh-controller --batch 8 --inversion-steps 3 --controller-steps 1 --sr-steps 1 --lr-code 0.02
   --sr-perceptual-size 32 --density-points 500 --iterations 100000 --persistent-codes --pin-mean-motion 512
   --warmup-code-steps 16 --lr-controller 1e-3 --freeze-generator --no-controller-pose --differential-grad
@@ -62,8 +63,8 @@ echo "datasets: $(( $(date +%s) - start )) s"
 # shellcheck disable=SC2086  # RECIPE is a list of options
 python3 -m otavatar.cli train ablation --data "$WORK/data/synth" --heldout "$WORK/data/heldout-s1" \
     --heldout "$WORK/data/heldout-s2" --prior sdk/weights/default/otavatar-tiny.safetensors --out "$WORK/round" \
-    --seeds "$SEEDS" --max-minutes "$MINUTES" --jobs "$JOBS" --eval-jobs "$EVAL_JOBS" --threads 2 --device "$DEVICE" \
-    --eval-args "$EVAL_ARGS" -- $RECIPE \
+    --seeds "$SEEDS" --max-minutes "$MINUTES" --jobs "$JOBS" --eval-jobs "$EVAL_JOBS" --threads "$THREADS" \
+    --device "$DEVICE" --eval-args "$EVAL_ARGS" -- $RECIPE \
     | tee "$WORK/ablation.log"
 echo "total: $(( $(date +%s) - start )) s"
 

@@ -1,6 +1,6 @@
 """Where an inverted face sits against the truth: the registration of its detected landmarks, at other views.
 
-Round 19 of docs/training.md. `train evaluate` splits the detected AKD of every pair into the best similarity
+Round 19 of docs/training-rounds.md. `train evaluate` splits the detected AKD of every pair into the best similarity
 between the generated frame's landmarks and the truth's (registration_shift px, registration_scale) and the shape
 left after it (akd_aligned). This script asks whether that registration error comes from driving the face or from
 the generator and its inversion: it scores the static identity (no controller) with the same protocol on

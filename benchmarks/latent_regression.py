@@ -1,6 +1,6 @@
 """How much of a training frame's own latent code is expression? And a controller distilled from that answer.
 
-Round 14 of docs/training.md. Three steps:
+Round 14 of docs/training-rounds.md. Three steps:
 
     codes    for every training video of a SynthHeads set (or one shard of them), K evenly spaced frames: invert one
              W code per frame with the generator frozen and no controller, starting from the video's code banked by

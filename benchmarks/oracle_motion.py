@@ -1,8 +1,8 @@
 """How far can a motion offset in W move this generator's landmarks? The per-frame inversion ceiling.
 
-Round 14 of docs/training.md. The `train evaluate` protocol in static mode (the source portrait inverted without a
-controller, W 30 + W+ 30 steps, the SynthHeads identity term), except that every driving frame gets its own offset
-delta [w_dim], added to every ws row of the inverted identity, found by inverting THAT frame's ground truth
+Round 14 of docs/training-rounds.md. The `train evaluate` protocol in static mode (the source portrait inverted
+without a controller, W 30 + W+ 30 steps, the SynthHeads identity term), except that every driving frame gets its
+own offset delta [w_dim], added to every ws row of the inverted identity, found by inverting THAT frame's ground truth
 (the source identity under the driver's motion and camera) for --steps steps from 0 with the published losses
 (low-res, plus the super-resolved image unless --low-res-only). No controller can know more about a frame than
 its ground truth, and this offset has the form a controller's has, so its AKD / AED is roughly the best a

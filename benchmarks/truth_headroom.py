@@ -1,6 +1,6 @@
 """What motion transfer can gain on each reenactment metric at all: ground-truth renders scored as if models.
 
-Round 15 of docs/training.md. Scores two ground-truth "models" with the `train evaluate` protocol (same pairs,
+Round 15 of docs/training-rounds.md. Scores two ground-truth "models" with the `train evaluate` protocol (same pairs,
 frames, probe and report format, so `otavatar train compare` pairs them with any model's report):
 
     truth          SynthHeads' render of the source identity under the driver's motion and cameras: a perfect

@@ -157,7 +157,7 @@ class MotionController(nn.Module):
         As pin_neutral_, differences of motions are unchanged; the reference is a sample of training windows
         instead of the all-zero one. Talking frames are rarely neutral, so a controller pinned at the neutral window
         can still carry a large shared offset on every real window (0.24 per element after 100 CPU iterations,
-        against codes spread about 0.3 around w_avg: docs/training.md, round 6); pinned at the mean it cannot.
+        against codes spread about 0.3 around w_avg: docs/training-rounds.md, round 6); pinned at the mean it cannot.
         (Training with only this pin diverged; with DecoupleConfig.differential_grad it is stable: round 7.)
         """
         head = self.forward_details(windows).head.mean(0)                       # [(num_ws+1)*K]

@@ -17,7 +17,7 @@ The verdict (`AblationSummary.done_when`): on every evaluation set, (a) beats (b
 t over the seeds' paired differences, `compare_across_seeds`) on every column of `criteria`. The default columns
 are the detected AKD and AED, one detector on both images as the talking-head papers define them: against the
 true landmarks even a perfect reenactment ties a perfect static identity within the pairs' noise on the shipped
-generator (docs/training.md, round 15). Every other column is in summary.md beside them.
+generator (docs/training-rounds.md, round 15). Every other column is in summary.md beside them.
 """
 from __future__ import annotations
 

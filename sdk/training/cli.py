@@ -159,12 +159,12 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--pin-mean-motion", "pin_mean_windows", type=click.IntRange(min=0), default=0, show_default=True,
               help="Instead of --pin-neutral-motion: keep the MEAN motion over this many training windows (a fixed "
                    "sample) at exactly 0 after every controller step (0 = off; alone it diverged in "
-                   "docs/training.md, round 6; with --differential-grad it is stable, round 7).")
+                   "docs/training-rounds.md, round 6; with --differential-grad it is stable, round 7).")
 @click.option("--fresh-controller", is_flag=True,
               help="Start from a new controller even when the --prior file holds one (keep only its generator).")
 @click.option("--finetune-generator/--freeze-generator", default=True, show_default=True,
               help="Whether the refine step also fine-tunes the whole generator (published) or trains only the "
-                   "controller, so that banked codes stay valid between visits (docs/training.md, round 6).")
+                   "controller, so that banked codes stay valid between visits (docs/training-rounds.md, round 6).")
 @click.option("--controller-pose/--no-controller-pose", default=True, show_default=True,
               help="A fresh controller's pose inputs (the published if_use_pose); --no-controller-pose zeroes them, "
                    "so the motion follows the expression alone and the camera carries the pose.")
@@ -180,18 +180,18 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
 @click.option("--basis-init-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="With --fresh-controller: draw the direction matrix N(0, s^2) instead of the published N(0, 1). "
                    "Its orthonormal directions are the same; AdamW turns them about 1/s times as fast, as the "
-                   "published run's later steps do (otavatar.training.decouple; docs/training.md, round 17).")
+                   "published run's later steps do (otavatar.training.decouple; docs/training-rounds.md, round 17).")
 @click.option("--controller-local-weight", type=click.FloatRange(min=0), default=None,
               help="The mouth + eyes L1 weight in every loss that updates the controller (successive: its steps; "
                    "joint: every step; both: the refine); default: the published 10 everywhere.")
 @click.option("--spike-guard", type=click.FloatRange(min=0), default=3.0, show_default=True,
               help="Roll back an iteration whose loss is above this x the median of the last 25 (or not finite) "
                    "and halve the controller lr for the rest of the run (0 = off: a diverged run then stays "
-                   "diverged; docs/training.md, round 11).")
+                   "diverged; docs/training-rounds.md, round 11).")
 @click.option("--ema", type=click.FloatRange(min=0, max=1, max_open=True), default=0.95, show_default=True,
               help="EMA decay of the controller and generator per iteration (published 0.95 at 32 videos per "
                    "iteration). A slower EMA averages more videos but lags: on a few hundred iterations it stays near "
-                   "the initial controller (docs/training.md, round 8).")
+                   "the initial controller (docs/training-rounds.md, round 8).")
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True)

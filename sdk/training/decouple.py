@@ -22,7 +22,7 @@ continues from there (a video with no banked code starts at `init_codes`, else w
 iteration converge from w_avg; on a CPU (~7 steps per iteration) a video drawn k times has had ~7k steps, so after a
 few epochs the controller trains on residuals of converged codes -- the premise of decoupling -- instead of on
 identity errors that it would otherwise learn to explain. In practice a banked code goes partly stale while the
-networks move (round 3 of docs/training.md: a revisit started at twice the pixel error its last visit ended at).
+networks move (round 3 of docs/training-rounds.md: a revisit started at twice the pixel error its last visit ended at).
 The bank is saved with the run (`code_bank.<video>`); under torchrun every process keeps its own, and a resumed run
 restores rank 0's.
 
@@ -39,7 +39,7 @@ inversion's premise -- the code explains the identity before the controller trai
 from the first iteration. Without it the successive schedule's controller steps (code frozen, not converged)
 absorbed identity error: in a CPU run its motion varied across frames and videos (std 1.55 per layer after 50
 iterations; joint 1.04) about as much as the codes differed from w_avg (1.66), and its training loss rose. With the
-warm-up it still rose (docs/training.md, round 3): warm codes are necessary for the premise, not sufficient here.
+warm-up it still rose (docs/training-rounds.md, round 3): warm codes are necessary for the premise, not sufficient here.
 The warm-up starts from w_avg, so `warmup_lr_code` can give it a coarser code lr than the iterations' `lr_code`,
 which start from banked codes (round 4: 0.02 then 0.005 did not stop the rise either).
 
@@ -68,15 +68,15 @@ see only the frame-to-frame residual; ~7 code steps on a CPU leave a shared resi
 time only differences of motions matter to first order (the portrait's code is inverted with its own motion
 added), so nothing the projection removes is needed there. The refine step then renders both frames together in
 one step (it needs both frames' gradients), instead of one step per frame. Nothing in the loss then holds the
-shared motion, so pair it with `pin_mean_windows` (round 7 of docs/training.md: with the neutral pin the motion
+shared motion, so pair it with `pin_mean_windows` (round 7 of docs/training-rounds.md: with the neutral pin the motion
 exploded in both schedules, rms 458 after 290 successive iterations; with the mean pin both ran level for 42 min).
 
 `controller_fresh_frames=True` (`--controller-fresh-frames`; successive schedule) renders each of the N_mo controller
 steps on a new pair of frames of the batch's videos, with each video's code and intrinsics correction as the code
 steps left them (frozen). The code is the video's identity, so any of its frames fits the decoupling premise; drawn
 again, the controller's steps see 2 x N_mo frames per video instead of the same 2 N_mo times (round 8 of
-docs/training.md: 3 steps in a row on one pair let the controller fit that pair, rms 0.18). The joint schedule has no
-code-frozen steps, so the option does not change it (its matched ablation is the same command with
+docs/training-rounds.md: 3 steps in a row on one pair let the controller fit that pair, rms 0.18). The joint
+schedule has no code-frozen steps, so the option does not change it (its matched ablation is the same command with
 `--schedule joint`). The redraws come from their own random stream, so the iterations' batches stay those of a run
 without the option. The refine step keeps the batch's own frames. Measured (round 16): with 3 or 5 controller
 steps per iteration it made the motion 3x larger and less explained by expression than one step on the batch's
@@ -90,7 +90,7 @@ steps are about lr per element whatever the scale, so the angle per step is abou
 and betas, which the published run reaches after 4-5 thousand of its 22,000+ controller steps. A CPU run never gets
 there: the shipped controller's directions after 916 steps still span 98% of its random start's subspace (scale
 0.42), the matched joint run's, after 4,600 steps, 82% (scale 0.07), so every controller's motion lived in an almost
-random 20-dimensional slice of W. Measured (round 17 of docs/training.md), s = 0.05: the successive model became the
+random 20-dimensional slice of W. Measured (round 17), s = 0.05: the successive model became the
 best on landmarks so far, but the joint ablation still matched or beat it on expression error on all three held-out
 sets (z 2.0 on the third); the joint controller's directions wandered into an unrelated subspace over its 4,600
 steps and its jaw error rose. Doubling the controller lr on top (round 18) shrank the successive motion instead.
@@ -98,7 +98,7 @@ steps and its jaw error rose. Doubling the controller lr on top (round 18) shran
 `spike_guard=3.0` (the default; None turns it off) rolls back an iteration whose loss is non-finite or above 3x the
 median of the last 25 accepted ones (networks and optimisers restored, its codes and EMA update discarded) and halves
 the controller lr for the rest of the run (`otavatar.training.spike_guard`: at the published lr, runs of either
-schedule diverged in one iteration and never recovered, docs/training.md, rounds 10-11).
+schedule diverged in one iteration and never recovered, docs/training-rounds.md, rounds 10-11).
 
 Multi-GPU/CPU: run under `torchrun`; gradients of the shared networks are all-reduced explicitly after every
 backward (the published trainer called sub-modules of its DDP wrapper directly, so its gradients were never
@@ -220,7 +220,7 @@ class DecoupleConfig:
     def controller_weights(self) -> LossWeights:
         """The loss weights of every step that updates the controller (successive: its N_mo steps; joint: every
         inversion step; both: the refine). controller_local_weight raises the mouth + eyes term there only, where
-        the jaw reading of rounds 8-11 trailed (docs/training.md, round 13); None = `weights`."""
+        the jaw reading of rounds 8-11 trailed (docs/training-rounds.md, round 13); None = `weights`."""
         if self.controller_local_weight is None:
             return self.weights
         return replace(self.weights, local=self.controller_local_weight)
@@ -624,7 +624,7 @@ def _frame_inputs(code: Tensor, motion: Tensor, cameras: Tensor, correction, fra
 def _clamp(ws: Tensor, w_avg: Tensor, clamp: float | None) -> Tensor:
     """ws [N,num_ws,w_dim] limited to w_avg +- clamp element-wise, as the published trainer does (spec 2.5).
 
-    Rounds 1-3 of docs/training.md predate it. In one of their runs, a burst of controller steps took the largest
+    Rounds 1-3 of docs/training-rounds.md predate it. In one of their runs, a burst of controller steps took the largest
     rendered ws row's norm from 10 to 382 within one iteration. Replayed with the clamp, the render was bounded but
     the explosion went on (a clamped element passes no gradient), so this limits damage; it does not prevent it."""
     if clamp is None:

@@ -15,7 +15,7 @@ identity performing d's motion from d's cameras (synthetic.render), at the gener
                       detector on both images. The probe's own error on a face (the floor, 1.77 px) is shared by
                       both readings instead of added to every model's score: on the first held-out set a perfect
                       reenactment beats a perfect static identity by 0.45 +- 0.07 px here, by 0.05 +- 0.03 px in
-                      AKD (docs/training.md, round 15; on a face that reads a few px off, by neither)
+                      AKD (docs/training-rounds.md, round 15; on a face that reads a few px off, by neither)
     aligned AKD       detected AKD after mapping each generated frame's landmarks onto the truth's by their best
                       similarity (akd_aligned, akd_aligned_<region>): the face's shape and expression without where
                       it sits; registration_shift / registration_scale hold that similarity. On the shipped `tiny`
@@ -143,7 +143,7 @@ def json_safe(v: Any) -> Any:
 def default_pairs(truth: Any, videos_per_subject: int = 1) -> list[tuple[str, str]]:
     """Each TEST subject's first `videos_per_subject` videos as sources, video k driven by the NEXT test subject's
     video k (cyclically; that subject's last video when it has fewer; a lone test subject drives itself). The
-    default of 1 is the protocol of the tables in docs/training.md; 2 on SynthHeads doubles the pairs."""
+    default of 1 is the protocol of the tables in docs/training-rounds.md; 2 on SynthHeads doubles the pairs."""
     if isinstance(videos_per_subject, bool) or not isinstance(videos_per_subject, (int, np.integer)) \
             or videos_per_subject < 1:
         raise ValueError(f"videos_per_subject must be an int >= 1, got {videos_per_subject!r}")

@@ -1,8 +1,8 @@
 """Roll back a training iteration whose loss jumps far above the recent ones, and slow the controller down.
 
 Why: at the published controller lr (1e-3), two of four CPU runs diverged within one iteration and never came back
-(docs/training.md, round 10): r24's joint run at iteration 367 (refine loss 4.9 -> 727) and r25's successive run at
-iteration 81 (6.6 -> 56). Once the motion leaves w_avg +- 5, the ws clamp passes no gradient, so nothing pulls it
+(docs/training-rounds.md, round 10): r24's joint run at iteration 367 (refine loss 4.9 -> 727) and r25's successive
+run at iteration 81 (6.6 -> 56). Once the motion leaves w_avg +- 5, the ws clamp passes no gradient, so nothing pulls it
 back; gradient clipping does not prevent it, because Adam's step size does not shrink with a clipped gradient. Each
 diverged run's ablation twin trained level, so which schedule won the comparison was decided by which one blew up.
 The ordinary spikes of the runs that trained level stayed under 1.9x the running median (r24's successive run: 9.1
