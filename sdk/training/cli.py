@@ -371,7 +371,7 @@ def compare(report_a: str, report_b: str, across_seeds: bool, json_out: str | No
 @click.option("--eval-args", default="--steps 30 30 --videos-per-subject 2", show_default=True,
               help="Options for every `train evaluate` job.")
 @click.option("--criteria", default="akd_detected,aed_detected", show_default=True,
-              help="The columns on which (a) must beat (b) and (c) across seeds on every set.")
+              help="The columns on which (a) must beat (b) and (c) on every set, across seeds and over the pairs.")
 @_device_option
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
 def ablation(data_dir: str, heldout: tuple[str, ...], prior: str, out: str, seeds: str, max_minutes: float,

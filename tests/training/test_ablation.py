@@ -137,6 +137,33 @@ def test_summary_meets_the_done_when_only_when_a_beats_b_and_c_on_every_set(tmp_
         summarise(plan)
 
 
+def test_a_lead_the_seeds_agree_on_but_the_pairs_do_not_is_not_met(tmp_path):
+    """Every seed sees the same pairs: a pair-specific difference repeated in every seed passes the across-seed t
+    test, so the done-when also asks for it over the pairs (seeds averaged)."""
+    plan = _plan(tmp_path)
+    rng = np.random.default_rng(1)
+    difficulty = rng.uniform(3.0, 5.0, 10)
+    scatter = rng.normal(0, 0.3, 10)                # the successive model's pair-by-pair difference, every seed
+    scatter -= scatter.mean() + 0.02                # mean lead 0.02, far inside the pairs' noise
+    offsets = {"successive": scatter, "joint": np.zeros(10), "static": np.full(10, 0.1)}
+    for dataset in plan.sets:
+        for seed in plan.seeds:
+            for kind, offset in offsets.items():
+                noise = rng.normal(0, 1e-4, 10)
+                path = plan.report(dataset, kind, seed)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                scores = difficulty + offset + noise
+                path.write_text(json.dumps(_report(scores, 0.1 + scores / 100)))
+    summary = summarise(plan)
+    entry = summary.sets["synth"]
+    assert entry.tests["a_vs_b"]["akd_detected"].verdict == "A better"
+    assert entry.pairs["a_vs_b"]["akd_detected"].verdict == "within noise"
+    assert entry.pairs["a_vs_b"]["akd_detected"].difference == pytest.approx(-0.02, abs=1e-3)
+    assert not summary.met and summary.done_when == {"synth": False, "heldout-s1": False}
+    assert "over the pairs, seeds averaged" in summary.markdown()
+    assert summary.to_dict()["sets"]["synth"]["pairs"]["a_vs_b"]["akd_detected"]["verdict"] == "within noise"
+
+
 def test_cli_errors_name_the_problem(tmp_path, micro_dataset, random_prior):
     base = ["train", "ablation", "--data", str(micro_dataset), "--prior", str(random_prior), "--out",
             str(tmp_path / "out"), "--max-minutes", "1"]
