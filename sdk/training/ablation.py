@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from otavatar.training.compare import (METRICS, MetricDifference, SeedDifference, average_reports,
                                        compare_across_seeds, compare_reports, comparison_table, report_means,
                                        seed_comparison_table)
@@ -285,24 +283,25 @@ def _training_summary(run: Path) -> dict[str, Any]:
 def summarise(plan: AblationPlan) -> AblationSummary:
     """Load every report and test (a) vs (b), (a) vs (c) and (b) vs (c) across seeds and over the pairs (seeds
     averaged) on every set."""
+    loaded: dict[Path, Mapping[str, Any]] = {}          # the shared static report is read once, not once per seed
+
+    def load(path: Path) -> Mapping[str, Any]:
+        if path not in loaded:
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: missing report (run the ablation's evaluation jobs)")
+            loaded[path] = json.loads(path.read_text())
+        return loaded[path]
+
     sets: dict[str, SetSummary] = {}
     for dataset in plan.sets:
-        reports: dict[str, list[Mapping[str, Any]]] = {kind: [] for kind in KINDS}
-        for kind in KINDS:
-            for seed in plan.seeds:
-                path = plan.report(dataset, kind, seed)
-                if not path.exists():
-                    raise FileNotFoundError(f"{path}: missing report (run the ablation's evaluation jobs)")
-                reports[kind].append(json.loads(path.read_text()))
+        reports = {kind: [load(plan.report(dataset, kind, seed)) for seed in plan.seeds] for kind in KINDS}
         tests = {versus: {r.metric: r for r in compare_across_seeds(list(zip(reports[a], reports[b])))}
                  for versus, (a, b) in VERSUS.items()}
         averaged = {kind: average_reports(reports[kind]) for kind in KINDS}
         pairs = {versus: {r.metric: r for r in compare_reports(averaged[a], averaged[b])}
                  for versus, (a, b) in VERSUS.items()}
-        means = {}
-        for kind in KINDS:
-            per_seed = [report_means(report) for report in reports[kind]]
-            means[kind] = {m: float(np.mean([seed[m] for seed in per_seed])) for m in per_seed[0]}
+        # the mean over pairs of the seed-averaged pairs is the mean over seeds of each seed's mean over pairs
+        means = {kind: report_means(report) for kind, report in averaged.items()}
         sets[Path(dataset).name] = SetSummary(means=means, tests=tests, pairs=pairs)
     training = {f"{schedule}-s{seed}": _training_summary(plan.run_dir(schedule, seed))
                 for seed in plan.seeds for schedule in ("successive", "joint")}
