@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_text", "fsync_dir"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -27,6 +27,11 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """atomic_write for a text file (configs, run state, summaries)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def fsync_dir(directory: Path) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from otavatar.fileio import atomic_write_text
 from otavatar.training.compare import (METRICS, MetricDifference, SeedDifference, average_reports,
                                        compare_across_seeds, compare_reports, comparison_table, report_means,
                                        seed_comparison_table)
@@ -124,13 +125,14 @@ def plan_jobs(plan: AblationPlan) -> tuple[list[Job], list[Job]]:
             argv = (*cli, "train", "controller", "--data", str(plan.data), "--prior", str(plan.prior),
                     "--schedule", schedule, "--seed", str(seed), "--out", str(run), *plan.train_args, *common)
             train.append(Job(f"train-{schedule}-s{seed}", argv, run / "ema.safetensors", run))
-    evaluate = []
+    evaluate, planned = [], set()
     for dataset in plan.sets:
         for seed in plan.seeds:
             for kind in KINDS:
                 out = plan.report(dataset, kind, seed)
-                if any(job.output == out for job in evaluate):
+                if out in planned:
                     continue                                  # the shared static identity, already planned
+                planned.add(out)
                 weights = plan.run_dir("successive" if kind == "static" else kind, seed) / "ema.safetensors"
                 if kind == "static" and plan.frozen_generator:
                     weights = Path(plan.prior)
@@ -272,10 +274,9 @@ class AblationSummary:
 
 def _training_summary(run: Path) -> dict[str, Any]:
     state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
-    rolled = 0
     metrics = run / "metrics.jsonl"
-    if metrics.exists():
-        rolled = sum(1 for line in metrics.read_text().splitlines() if '"rolled_back"' in line)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.exists() else []
+    rolled = sum(1 for row in rows if "rolled_back" in row)     # the spike guard's rows (decouple.train_controller)
     return {"iterations": int(state.get("step", 0)), "seconds": float(state.get("seconds", 0.0)),
             "rolled_back": rolled}
 
@@ -319,12 +320,12 @@ def run_ablation(plan: AblationPlan, *, echo: Callable[[str], Any] = print) -> A
                                     "`otavatar synth`)")
     out = Path(plan.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps({k: (list(map(str, v)) if isinstance(v, tuple) else str(v))
-                                               for k, v in plan.__dict__.items()}, indent=2))
+    settings = {k: (list(map(str, v)) if isinstance(v, tuple) else str(v)) for k, v in plan.__dict__.items()}
+    atomic_write_text(out / "plan.json", json.dumps(settings, indent=2))
     train, evaluate = plan_jobs(plan)
     run_jobs(train, out, plan.jobs, max_minutes=plan.max_minutes, echo=echo)
     run_jobs(evaluate, out, plan.eval_jobs or plan.jobs, echo=echo)
     summary = summarise(plan)
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-    (out / "summary.md").write_text(summary.markdown())
+    atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2))
+    atomic_write_text(out / "summary.md", summary.markdown())
     return summary

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from otavatar.fileio import atomic_write
+from otavatar.fileio import atomic_write, atomic_write_text
 
 __all__ = ["RunDir", "image_grid", "resolve_device", "step_streams", "to_uint8"]
 
@@ -98,7 +98,7 @@ class RunDir:
             if saved != now:
                 raise ValueError(f"{self.path}: the run was started with a different config (differs in "
                                  f"{_differences(saved, now)})")
-        _write_text(config_file, json.dumps(_jsonable(self.config), indent=2, sort_keys=True))
+        atomic_write_text(config_file, json.dumps(_jsonable(self.config), indent=2, sort_keys=True))
         self.started = time.perf_counter()
 
     # -- state ------------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ class RunDir:
         atomic_write(self.path / "optim.pt",
                       lambda tmp: torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp))
         # state.json last: a run is resumable only once everything it names is on disk
-        _write_text(self.path / "state.json", json.dumps({"step": step, "seconds": seconds}))
+        atomic_write_text(self.path / "state.json", json.dumps({"step": step, "seconds": seconds}))
 
     def load(self, optimizers: Mapping[str, torch.optim.Optimizer]):
         """-> (LoadedModels, extra tensors, state dict); optimiser states are loaded in place."""
@@ -201,7 +201,3 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=lambda o: asdict(o) if is_dataclass(o) else str(o)))
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
