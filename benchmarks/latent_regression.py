@@ -15,6 +15,11 @@ Round 14 of docs/training-rounds.md. Three steps:
     python benchmarks/latent_regression.py codes --weights W --bank-run runs/r24-successive --data data/synth \
         --shard 0 --shards 2 --out codes0.npz            # and --shard 1 ... codes1.npz beside it
     python benchmarks/latent_regression.py ridge --codes codes0.npz codes1.npz
+
+`prior-codes` instead takes the codes a prior run learnt for its own frames (round 24), in the same file format:
+
+    python benchmarks/latent_regression.py prior-codes --run runs/prior --multiview data/multiview.npz --out p.npz
+    python benchmarks/latent_regression.py ridge --codes p.npz
     python benchmarks/latent_regression.py distill --weights W --codes codes0.npz codes1.npz --data data/synth \
         --out distilled.safetensors
 """
@@ -105,6 +110,25 @@ def codes(args) -> None:
              window=np.stack([c[5] for c in items]).astype(np.float32), loss=np.array(first_last))
 
 
+def prior_codes(args) -> None:
+    """The prior's own per-frame codes, `start` = the mean code of the frame's video; `window` holds only the
+    centre column (the frame's coefficients from the multiview set; the other columns are 0): all `ridge` reads."""
+    from safetensors.torch import load_file
+
+    from otavatar.training.multiview import load_multiview
+
+    data = load_multiview(args.multiview)
+    code = load_file(f"{args.run}/extra.safetensors")["codes"].numpy()
+    if len(code) != len(data):
+        raise SystemExit(f"{args.run}: {len(code)} codes, but {args.multiview} has {len(data)} frames")
+    start = code - _centred(data.video, code)
+    window = np.zeros((len(data), data.coeffs.shape[1], 2 * CENTRE + 1), np.float32)
+    window[:, :, CENTRE] = data.coeffs
+    np.savez(args.out, video=data.video, frame=data.frame, code=code, start=start.astype(np.float32),
+             window=window)
+    print(f"{args.out}: {len(code)} frames of {len(np.unique(data.video))} videos")
+
+
 def ridge(args) -> dict:
     d = _load(args.codes)
     y = _centred(d["video"], d["code"])
@@ -181,6 +205,10 @@ def main() -> None:
     c.add_argument("--shard", type=int, default=0)
     c.add_argument("--shards", type=int, default=1)
     c.add_argument("--out", required=True)
+    q = sub.add_parser("prior-codes", help="the codes a prior run learnt for its own frames")
+    q.add_argument("--run", required=True, help="a `train prior` run folder")
+    q.add_argument("--multiview", required=True, help="the multiview .npz it was trained on")
+    q.add_argument("--out", required=True)
     r = sub.add_parser("ridge", help="R^2 of the code deltas from the coefficients")
     r.add_argument("--codes", nargs="+", required=True)
     r.add_argument("--lam", type=float, default=1.0)
@@ -199,6 +227,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "codes":
         codes(args)
+    elif args.command == "prior-codes":
+        prior_codes(args)
     elif args.command == "distill":
         distill(args)
     else:

@@ -80,6 +80,18 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @click.option("--perceptual-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="0 skips the VGG19 terms (pixel-only steps are ~3x faster on a CPU).")
 @click.option("--code-init-std", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--lr-codes", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
+              help="Adam lr of the codes (with --code-optimizer adam a code drawn every ~200 steps moves ~10x this "
+                   "per visit; with row-adam, this).")
+@click.option("--code-layout", type=click.Choice(["frame", "video+frame"]), default="frame", show_default=True,
+              help="frame: an independent code per frame (the shipped prior); video+frame: each video's code plus "
+                   "a per-frame offset from 0, so a video's frames share their identity (docs/training-rounds.md, "
+                   "round 24).")
+@click.option("--code-optimizer", type=click.Choice(["adam", "row-adam"]), default="adam", show_default=True,
+              help="adam: one Adam over the code table (the shipped prior); row-adam: each code its own Adam step "
+                   "count, so a rarely drawn code moves lr, not ~10 lr, per visit (otavatar.training.row_adam).")
+@click.option("--local-weight", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="The mouth + eyes region L1 weight (published 10; 0 = off, as the shipped prior was trained).")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Warm start: another prior run's generator and codes (same multiview set).")
 @click.option("--max-minutes", type=float, default=None, help="Stop (and checkpoint) after this much wall time.")
@@ -90,18 +102,21 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @_device_option
 def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int, density: bool,
-          perceptual_weight: float, code_init_std: float, init_from: str | None, max_minutes: float | None,
-          vgg_weights: str | None, seed: int, resume: bool, threads: int | None, device: str) -> None:
+          perceptual_weight: float, code_init_std: float, lr_codes: float, code_layout: str,
+          code_optimizer: str, local_weight: float,
+          init_from: str | None, max_minutes: float | None, vgg_weights: str | None, seed: int, resume: bool,
+          threads: int | None, device: str) -> None:
     """Train the `tiny` generator as a multi-view auto-decoder (writes OUT/checkpoint.safetensors)."""
     from otavatar.training.losses import LossWeights
     from otavatar.training.multiview import load_multiview
     from otavatar.training.prior import PriorConfig, train_prior
 
     _threads(threads)
-    weights = LossWeights(perceptual=perceptual_weight) if density else \
-        LossWeights(perceptual=perceptual_weight, monotonic=0.0, tv=0.0)
+    weights = LossWeights(perceptual=perceptual_weight, local=local_weight) if density else \
+        LossWeights(perceptual=perceptual_weight, local=local_weight, monotonic=0.0, tv=0.0)
     config = PriorConfig(steps=steps, batch=batch, views=views, losses=weights, max_minutes=max_minutes, seed=seed,
-                         code_init_std=code_init_std)
+                         code_init_std=code_init_std, lr_codes=lr_codes, code_layout=code_layout,
+                         code_optimizer=code_optimizer)
     try:
         result = train_prior(load_multiview(multiview_file), out_dir, config, resume=resume,
                              vgg_weights=vgg_weights, init_from=init_from, device=_device(device))

@@ -3,7 +3,8 @@
 The published method fine-tunes an EG3D generator pre-trained (as a GAN) on FFHQ. No such generator exists for
 SynthHeads, and a GAN is out of reach on a 2-core CPU, so the prior is learnt by auto-decoding: every training
 frame owns a free W code (one 512-d... here w_dim-d vector, broadcast to all num_ws layers, so the prior's codes
-live in W as EG3D's inversion starts there); each step draws frames, renders each one's code from several cameras
+live in W as EG3D's inversion starts there; with `code_layout="video+frame"` it is its video's code plus its own
+offset); each step draws frames, renders each one's code from several cameras
 of the SAME expression (`multiview.py`) and pulls the renders towards the truth with the losses of spec 3.5
 (pixel + perceptual + mouth/eye region L1, low-res and super-resolved, plus the density regularisers). Codes
 and generator are optimised together. Afterwards `w_avg` is set to the mean code, the start point of every inversion.
@@ -23,9 +24,13 @@ from torch import Tensor
 
 from otavatar.training.losses import LossWeights, PerceptualLoss, area_resize, local_loss, pixel_loss
 from otavatar.training.multiview import MultiviewSet
+from otavatar.training.row_adam import RowAdam
 from otavatar.training.run import RunDir, image_grid, resolve_device, step_streams, to_uint8
 
-__all__ = ["PriorConfig", "PriorResult", "train_prior", "prior_identity_codes"]
+__all__ = ["CODE_LAYOUTS", "CODE_OPTIMIZERS", "PriorConfig", "PriorResult", "train_prior", "prior_identity_codes"]
+
+CODE_LAYOUTS = ("frame", "video+frame")
+CODE_OPTIMIZERS = ("adam", "row-adam")
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,16 @@ class PriorConfig:
     lr_codes: float = 1e-2
     betas: tuple[float, float] = (0.0, 0.99)
     code_init_std: float = 0.1
+    # "frame": every frame owns an independent code (drawn N(0, code_init_std^2)), as the shipped prior was trained.
+    # "video+frame": a frame's code is its video's code (drawn so) plus a frame offset that starts at 0. With
+    # independent draws two frames of one video start from unrelated codes, and an 840-frame set visited 4 frames a
+    # step updates each one only about 14 times in 3,000 steps: the generator can learn a lookup in which W holds no
+    # direction that one expression shares across videos (docs/training-rounds.md, rounds 14 and 24). A shared video
+    # code is updated 12x as often, and the offsets hold only what differs between a video's frames.
+    code_layout: str = "frame"
+    # "adam": one torch Adam over the code tables (the shipped prior); "row-adam": each row its own step count
+    # (`otavatar.training.row_adam`: torch's Adam moves a rarely drawn code ~10x lr per visit at these betas).
+    code_optimizer: str = "adam"
     sr_weight: float = 1.0            # weight of the super-resolved terms relative to the low-res ones
     # The VGG19 pass dominates a CPU step (~8 GFLOP per 128^2 image up to relu4_1, x4 for forward, backward and
     # target): the super-resolved image is area-downsampled to this size for its perceptual term (None = full).
@@ -54,6 +69,10 @@ class PriorConfig:
     def __post_init__(self) -> None:
         if self.preset not in ("tiny", "official"):
             raise ValueError(f"preset must be 'tiny' or 'official', got {self.preset!r}")
+        if self.code_layout not in CODE_LAYOUTS:
+            raise ValueError(f"code_layout must be one of {CODE_LAYOUTS}, got {self.code_layout!r}")
+        if self.code_optimizer not in CODE_OPTIMIZERS:
+            raise ValueError(f"code_optimizer must be one of {CODE_OPTIMIZERS}, got {self.code_optimizer!r}")
         for name in ("steps", "batch", "views", "preview_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -90,10 +109,11 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         raise ValueError(f"the {config.preset} generator outputs {generator.config.img_resolution}px images but the "
                          f"data is {data.resolution}px; render the multiview set at that resolution")
     w_dim = generator.config.w_dim
-    codes = torch.nn.Parameter((torch.randn(len(data), w_dim) * config.code_init_std).to(device))   # [N,w_dim]
+    code_parts = _CodeParts.create(data, w_dim, config, device)
     generator.to(device)                                   # before the optimisers see its parameters
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_generator, betas=config.betas)
-    opt_c = torch.optim.Adam([codes], lr=config.lr_codes, betas=config.betas)
+    code_adam = RowAdam if config.code_optimizer == "row-adam" else torch.optim.Adam
+    opt_c = code_adam(code_parts.parameters(), lr=config.lr_codes, betas=config.betas)
     start, seconds = 0, 0.0
     if init_from is not None and not (resume and run.has_checkpoint()):
         # warm start from another prior run (e.g. a change of losses part-way): its generator and codes
@@ -102,17 +122,11 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         from otavatar.weights import load_models
 
         generator.load_state_dict(load_models(Path(init_from) / "checkpoint.safetensors").generator.state_dict())
-        init_codes = load_file(str(Path(init_from) / "extra.safetensors"))["codes"]
-        if init_codes.shape != codes.shape:
-            raise ValueError(f"{init_from}: codes {tuple(init_codes.shape)} do not match this data's "
-                             f"{tuple(codes.shape)}")
-        with torch.no_grad():
-            codes.copy_(init_codes)
+        code_parts.load(load_file(str(Path(init_from) / "extra.safetensors")), str(init_from))
     if resume and run.has_checkpoint():
         models, extra, state = run.load({"generator": opt_g, "codes": opt_c})
         generator.load_state_dict(models.generator.state_dict())
-        with torch.no_grad():
-            codes.copy_(extra["codes"])
+        code_parts.load(extra, str(run.path))
         start, seconds = state["step"], state["seconds"]
     rng, _ = step_streams(config.seed, start)             # frames and views drawn per step
     vgg = vgg19(vgg_weights).to(device)
@@ -140,7 +154,7 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         cam = cameras[frames[:, None], views].flatten(0, 1).to(device)                # [B*Vb,25]
         lm = landmarks[frames[:, None], views].flatten(0, 1).to(device)               # [B*Vb,68,2]
 
-        ws = codes[frames.to(device)][:, None].expand(-1, generator.config.num_ws, -1)          # [B,num_ws,w_dim]
+        ws = code_parts.codes(frames.to(device))[:, None].expand(-1, generator.config.num_ws, -1)  # [B,num_ws,w_dim]
         planes = generator.planes(ws)                                                 # [B,3,C,P,P]
         planes_v = planes.repeat_interleave(config.views, dim=0)
         ws_v = ws.repeat_interleave(config.views, dim=0)
@@ -188,16 +202,17 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
             run.preview(done, image_grid([to_uint8(target[:8]), to_uint8(image[:8]), to_uint8(raw[:8])]))
         out_of_time = config.max_minutes is not None and time.perf_counter() - t0 > 60 * config.max_minutes
         if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
-            _set_w_avg(generator, codes)
+            _set_w_avg(generator, code_parts.codes())
             run.save(step=done, seconds=time.perf_counter() - t0, models={"generator": generator},
-                     extra={"codes": codes}, optimizers={"generator": opt_g, "codes": opt_c},
+                     extra=code_parts.state(), optimizers={"generator": opt_g, "codes": opt_c},
                      info={"kind": "prior", "frames": len(data)})
         if out_of_time:
             break
     if bar is not None:
         bar.close()
+    codes = code_parts.codes().detach().clone()
     _set_w_avg(generator, codes)
-    return PriorResult(generator=generator.eval(), codes=codes.detach().clone(), steps=step + 1,
+    return PriorResult(generator=generator.eval(), codes=codes, steps=step + 1,
                        seconds=time.perf_counter() - t0, final_loss=loss_value, run_dir=run.path)
 
 
@@ -223,6 +238,57 @@ def prior_identity_codes(prior_run: str | os.PathLike, data: MultiviewSet, truth
         raise ValueError(f"{truth_npz} has {len(names)} videos but the multiview set refers to video "
                          f"{int(data.video.max())}: pass the dataset the set was rendered from")
     return {names[v]: codes[torch.from_numpy(data.video == v)].mean(0) for v in np.unique(data.video).tolist()}
+
+
+@dataclass
+class _CodeParts:
+    """The learnt codes of `PriorConfig.code_layout`: `frame` [N,w_dim] alone, or `video` [V,w_dim] + `frame`
+    [N,w_dim] offsets indexed through `video_of` [N]. Checkpoints keep the parts and the composed `codes`."""
+
+    frame: torch.nn.Parameter
+    video: torch.nn.Parameter | None = None
+    video_of: Tensor | None = None
+
+    @classmethod
+    def create(cls, data: MultiviewSet, w_dim: int, config: PriorConfig, device: torch.device) -> "_CodeParts":
+        if config.code_layout == "frame":
+            return cls(torch.nn.Parameter((torch.randn(len(data), w_dim) * config.code_init_std).to(device)))
+        videos, video_of = np.unique(data.video, return_inverse=True)
+        video = torch.nn.Parameter((torch.randn(len(videos), w_dim) * config.code_init_std).to(device))
+        return cls(torch.nn.Parameter(torch.zeros(len(data), w_dim, device=device)), video,
+                   torch.from_numpy(video_of.astype(np.int64)).to(device))
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [self.frame] if self.video is None else [self.video, self.frame]
+
+    def codes(self, frames: Tensor | None = None) -> Tensor:                        # [B or N, w_dim]
+        index = torch.arange(len(self.frame), device=self.frame.device) if frames is None else frames
+        if self.video is None:
+            return self.frame[index]
+        return self.video[self.video_of[index]] + self.frame[index]
+
+    def state(self) -> dict[str, Tensor]:
+        parts = {"codes": self.codes()}
+        if self.video is not None:
+            parts |= {"video_codes": self.video, "frame_offsets": self.frame}
+        return {k: v.detach() for k, v in parts.items()}
+
+    def load(self, saved: dict[str, Tensor], source: str) -> None:
+        """Copy a checkpoint's codes in; a run of the other layout, or on other data, is refused by name."""
+        layout = "video+frame" if "video_codes" in saved else "frame"
+        mine = "frame" if self.video is None else "video+frame"
+        if layout != mine:
+            raise ValueError(f"{source}: its codes have the {layout!r} layout, this run's are {mine!r}")
+        pairs = [(self.frame, saved["codes" if self.video is None else "frame_offsets"])]
+        if self.video is not None:
+            pairs.append((self.video, saved["video_codes"]))
+        for param, value in pairs:
+            if value.shape != param.shape:
+                raise ValueError(f"{source}: codes {tuple(value.shape)} do not match this data's "
+                                 f"{tuple(param.shape)}")
+        with torch.no_grad():
+            for param, value in pairs:
+                param.copy_(value)
 
 
 def _shrink(image: Tensor, size: int | None) -> Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -66,9 +67,36 @@ def test_warm_start_copies_generator_and_codes(views, tmp_path):
     assert "percep_lo" not in rows[0]        # a zero weight skips the VGG pass
 
 
+@pytest.mark.parametrize("code_optimizer", ["adam", "row-adam"])
+def test_video_layout_shares_each_video_code_and_resumes(views, tmp_path, code_optimizer):
+    cfg = _config(2, code_layout="video+frame", code_optimizer=code_optimizer)
+    first = train_prior(views, tmp_path / "run", cfg, progress=False)
+    extra = load_file(str(tmp_path / "run" / "extra.safetensors"))
+    videos = sorted(set(views.video.tolist()))
+    assert extra["video_codes"].shape == (len(videos), first.codes.shape[1])
+    assert extra["frame_offsets"].shape == first.codes.shape
+    # a frame's code is its video's code plus its own offset, and the composed codes are what the prior reports
+    index = torch.as_tensor([videos.index(v) for v in views.video.tolist()])
+    torch.testing.assert_close(extra["codes"], extra["video_codes"][index] + extra["frame_offsets"])
+    torch.testing.assert_close(first.codes, extra["codes"])
+    # offsets start at 0 and move only when their frame is drawn: 2 steps x 2 frames move at most 4 of them
+    assert 0 < int((extra["frame_offsets"].abs().sum(1) > 0).sum()) <= 4
+    if code_optimizer == "row-adam":          # at most lr per element per visit, and 2 steps make 2 visits at most
+        assert float(extra["frame_offsets"].abs().max()) <= 2 * cfg.lr_codes * 1.001
+    resumed = train_prior(views, tmp_path / "run", replace(cfg, steps=3), progress=False, resume=True)
+    assert resumed.steps == 3
+    # a warm start from the other layout is refused by name, not silently reshaped
+    with pytest.raises(ValueError, match="layout"):
+        train_prior(views, tmp_path / "b", _config(1), progress=False, init_from=tmp_path / "run")
+
+
 def test_bad_config_and_data(views, tmp_path):
     with pytest.raises(ValueError, match="preset"):
         PriorConfig(preset="huge")
+    with pytest.raises(ValueError, match="code_layout"):
+        PriorConfig(code_layout="subject")
+    with pytest.raises(ValueError, match="code_optimizer"):
+        PriorConfig(code_optimizer="sgd")
     with pytest.raises(ValueError, match="views"):
         train_prior(views, tmp_path / "r", PriorConfig(views=5), progress=False)
 
