@@ -15,13 +15,14 @@ Round 14 of docs/training-rounds.md. Three steps:
     python benchmarks/latent_regression.py codes --weights W --bank-run runs/r24-successive --data data/synth \
         --shard 0 --shards 2 --out codes0.npz            # and --shard 1 ... codes1.npz beside it
     python benchmarks/latent_regression.py ridge --codes codes0.npz codes1.npz
+    python benchmarks/latent_regression.py distill --weights W --codes codes0.npz codes1.npz --data data/synth \
+        --out distilled.safetensors
 
-`prior-codes` instead takes the codes a prior run learnt for its own frames (round 24), in the same file format:
+`prior-codes` instead of `codes` takes the codes a prior run learnt for its own frames (round 24), in the same file
+format, for `ridge` and `distill`:
 
     python benchmarks/latent_regression.py prior-codes --run runs/prior --multiview data/multiview.npz --out p.npz
     python benchmarks/latent_regression.py ridge --codes p.npz
-    python benchmarks/latent_regression.py distill --weights W --codes codes0.npz codes1.npz --data data/synth \
-        --out distilled.safetensors
 """
 from __future__ import annotations
 

@@ -83,6 +83,7 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @click.option("--lr-codes", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
               help="Adam lr of the codes (with --code-optimizer adam a code drawn every ~200 steps moves ~10x this "
                    "per visit; with row-adam, this).")
+# the choices spell out prior.CODE_LAYOUTS / CODE_OPTIMIZERS: importing prior here would import torch with the CLI
 @click.option("--code-layout", type=click.Choice(["frame", "video+frame"]), default="frame", show_default=True,
               help="frame: an independent code per frame (the shipped prior); video+frame: each video's code plus "
                    "a per-frame offset from 0, so a video's frames share their identity (docs/training-rounds.md, "
@@ -102,18 +103,17 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @_device_option
 def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int, density: bool,
-          perceptual_weight: float, code_init_std: float, lr_codes: float, code_layout: str,
-          code_optimizer: str, local_weight: float,
-          init_from: str | None, max_minutes: float | None, vgg_weights: str | None, seed: int, resume: bool,
-          threads: int | None, device: str) -> None:
+          perceptual_weight: float, code_init_std: float, lr_codes: float, code_layout: str, code_optimizer: str,
+          local_weight: float, init_from: str | None, max_minutes: float | None, vgg_weights: str | None, seed: int,
+          resume: bool, threads: int | None, device: str) -> None:
     """Train the `tiny` generator as a multi-view auto-decoder (writes OUT/checkpoint.safetensors)."""
     from otavatar.training.losses import LossWeights
     from otavatar.training.multiview import load_multiview
     from otavatar.training.prior import PriorConfig, train_prior
 
     _threads(threads)
-    weights = LossWeights(perceptual=perceptual_weight, local=local_weight) if density else \
-        LossWeights(perceptual=perceptual_weight, local=local_weight, monotonic=0.0, tv=0.0)
+    no_density = {} if density else {"monotonic": 0.0, "tv": 0.0}
+    weights = LossWeights(perceptual=perceptual_weight, local=local_weight, **no_density)
     config = PriorConfig(steps=steps, batch=batch, views=views, losses=weights, max_minutes=max_minutes, seed=seed,
                          code_init_std=code_init_std, lr_codes=lr_codes, code_layout=code_layout,
                          code_optimizer=code_optimizer)

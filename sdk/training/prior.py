@@ -261,8 +261,12 @@ class _CodeParts:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.frame] if self.video is None else [self.video, self.frame]
 
+    @property
+    def layout(self) -> str:
+        return "frame" if self.video is None else "video+frame"
+
     def codes(self, frames: Tensor | None = None) -> Tensor:                        # [B or N, w_dim]
-        index = torch.arange(len(self.frame), device=self.frame.device) if frames is None else frames
+        index = slice(None) if frames is None else frames
         if self.video is None:
             return self.frame[index]
         return self.video[self.video_of[index]] + self.frame[index]
@@ -276,9 +280,8 @@ class _CodeParts:
     def load(self, saved: dict[str, Tensor], source: str) -> None:
         """Copy a checkpoint's codes in; a run of the other layout, or on other data, is refused by name."""
         layout = "video+frame" if "video_codes" in saved else "frame"
-        mine = "frame" if self.video is None else "video+frame"
-        if layout != mine:
-            raise ValueError(f"{source}: its codes have the {layout!r} layout, this run's are {mine!r}")
+        if layout != self.layout:
+            raise ValueError(f"{source}: its codes have the {layout!r} layout, this run's are {self.layout!r}")
         pairs = [(self.frame, saved["codes" if self.video is None else "frame_offsets"])]
         if self.video is not None:
             pairs.append((self.video, saved["video_codes"]))
