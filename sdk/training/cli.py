@@ -95,6 +95,12 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
               help="The mouth + eyes region L1 weight (published 10; 0 = off, as the shipped prior was trained).")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
               help="Warm start: another prior run's generator and codes (same multiview set).")
+@click.option("--init-generator", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Warm start the generator alone from a weights file (e.g. the shipped default); the codes "
+                   "start fresh (use with --generator-warmup-steps).")
+@click.option("--generator-warmup-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Freeze the generator for this many first steps, so fresh codes find their frames before the "
+                   "generator moves.")
 @click.option("--max-minutes", type=float, default=None, help="Stop (and checkpoint) after this much wall time.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="torchvision vgg19 weights; default: the fixed-seed random VGG19 stand-in.")
@@ -104,7 +110,8 @@ def multiview(data_dir: str, out: str, frames_per_video: int, extra_views: int, 
 @_device_option
 def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int, density: bool,
           perceptual_weight: float, code_init_std: float, lr_codes: float, code_layout: str, code_optimizer: str,
-          local_weight: float, init_from: str | None, max_minutes: float | None, vgg_weights: str | None, seed: int,
+          local_weight: float, init_from: str | None, init_generator: str | None, generator_warmup_steps: int,
+          max_minutes: float | None, vgg_weights: str | None, seed: int,
           resume: bool, threads: int | None, device: str) -> None:
     """Train the `tiny` generator as a multi-view auto-decoder (writes OUT/checkpoint.safetensors)."""
     from otavatar.training.losses import LossWeights
@@ -116,10 +123,11 @@ def prior(multiview_file: str, out_dir: str, steps: int, batch: int, views: int,
     weights = LossWeights(perceptual=perceptual_weight, local=local_weight, **no_density)
     config = PriorConfig(steps=steps, batch=batch, views=views, losses=weights, max_minutes=max_minutes, seed=seed,
                          code_init_std=code_init_std, lr_codes=lr_codes, code_layout=code_layout,
-                         code_optimizer=code_optimizer)
+                         code_optimizer=code_optimizer, generator_warmup_steps=generator_warmup_steps)
     try:
         result = train_prior(load_multiview(multiview_file), out_dir, config, resume=resume,
-                             vgg_weights=vgg_weights, init_from=init_from, device=_device(device))
+                             vgg_weights=vgg_weights, init_from=init_from, init_generator=init_generator,
+                             device=_device(device))
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f} -> "

@@ -53,6 +53,10 @@ class PriorConfig:
     # "adam": one torch Adam over the code tables (the shipped prior); "row-adam": each row its own step count
     # (`otavatar.training.row_adam`: torch's Adam moves a rarely drawn code ~10x lr per visit at these betas).
     code_optimizer: str = "adam"
+    # The generator is frozen (only the codes step) for this many first steps. With a warm-started generator
+    # (`train_prior(init_generator=...)`) fresh codes are random draws the generator never saw: its first steps
+    # would otherwise fit the head to them and forget what it drew (docs/training-rounds.md, round 25).
+    generator_warmup_steps: int = 0
     sr_weight: float = 1.0            # weight of the super-resolved terms relative to the low-res ones
     # The VGG19 pass dominates a CPU step (~8 GFLOP per 128^2 image up to relu4_1, x4 for forward, backward and
     # target): the super-resolved image is area-downsampled to this size for its perceptual term (None = full).
@@ -73,6 +77,8 @@ class PriorConfig:
             raise ValueError(f"code_layout must be one of {CODE_LAYOUTS}, got {self.code_layout!r}")
         if self.code_optimizer not in CODE_OPTIMIZERS:
             raise ValueError(f"code_optimizer must be one of {CODE_OPTIMIZERS}, got {self.code_optimizer!r}")
+        if self.generator_warmup_steps < 0:
+            raise ValueError(f"generator_warmup_steps must be >= 0, got {self.generator_warmup_steps}")
         for name in ("steps", "batch", "views", "preview_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -92,13 +98,18 @@ class PriorResult:
 
 def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorConfig = PriorConfig(), *,
                 resume: bool = False, progress: bool = True, vgg_weights: str | os.PathLike | None = None,
-                init_from: str | os.PathLike | None = None, on_step: Callable[[int, dict], None] | None = None,
+                init_from: str | os.PathLike | None = None, init_generator: str | os.PathLike | None = None,
+                on_step: Callable[[int, dict], None] | None = None,
                 device: str | torch.device | None = "auto") -> PriorResult:
     """Auto-decode `data` (module docstring) into a run folder. device: `otavatar.training.run.resolve_device`;
-    the frames stay in host memory and each step's batch is copied over."""
+    the frames stay in host memory and each step's batch is copied over. init_from: another prior run folder
+    (generator and codes); init_generator: a weights file whose generator starts the run (codes start fresh)."""
     from otavatar.models import TriplaneGenerator
     from otavatar.training.vgg import vgg19
 
+    if init_from is not None and init_generator is not None:
+        raise ValueError("pass init_from (a prior run: generator and codes) or init_generator (a weights file: "
+                         "the generator alone), not both")
     if data.views < config.views:
         raise ValueError(f"config.views={config.views} but the data has only {data.views} views per frame")
     run = RunDir(out_dir, {"prior": config, "frames": len(data), "resolution": data.resolution}, resume=resume)
@@ -123,6 +134,13 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
 
         generator.load_state_dict(load_models(Path(init_from) / "checkpoint.safetensors").generator.state_dict())
         code_parts.load(load_file(str(Path(init_from) / "extra.safetensors")), str(init_from))
+    if init_generator is not None and not (resume and run.has_checkpoint()):
+        from otavatar.weights import load_models
+
+        start_generator = load_models(init_generator).generator
+        if start_generator.config != generator.config:
+            raise ValueError(f"{init_generator}: its generator is not the {config.preset!r} preset this run trains")
+        generator.load_state_dict(start_generator.state_dict())
     if resume and run.has_checkpoint():
         models, extra, state = run.load({"generator": opt_g, "codes": opt_c})
         generator.load_state_dict(models.generator.state_dict())
@@ -183,8 +201,9 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
         opt_g.zero_grad(set_to_none=True)
         opt_c.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
-        opt_g.step()
+        if step >= config.generator_warmup_steps:
+            torch.nn.utils.clip_grad_norm_(generator.parameters(), config.grad_clip)
+            opt_g.step()
         opt_c.step()
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):

@@ -67,6 +67,24 @@ def test_warm_start_copies_generator_and_codes(views, tmp_path):
     assert "percep_lo" not in rows[0]        # a zero weight skips the VGG pass
 
 
+def test_generator_warm_start_and_frozen_first_steps(views, tmp_path):
+    train_prior(views, tmp_path / "a", _config(1), progress=False)
+    start = load_models(tmp_path / "a" / "checkpoint.safetensors").generator.state_dict()
+    weights = tmp_path / "a" / "checkpoint.safetensors"
+    cfg = _config(1, generator_warmup_steps=1, code_layout="video+frame", code_optimizer="row-adam")
+    frozen = train_prior(views, tmp_path / "b", cfg, progress=False, init_generator=weights)
+    # the warm-up stepped only the codes: every generator weight is the file's (w_avg is the new mean code)
+    for name, value in frozen.generator.state_dict().items():
+        if not name.endswith("w_avg"):
+            torch.testing.assert_close(value, start[name], msg=name)
+    torch.testing.assert_close(frozen.generator.w_avg, frozen.codes.mean(0))
+    moved = train_prior(views, tmp_path / "c", replace(cfg, steps=2), progress=False, init_generator=weights)
+    assert any(not torch.equal(value, start[name]) for name, value in moved.generator.state_dict().items()
+               if not name.endswith("w_avg"))                        # after the warm-up the generator trains
+    with pytest.raises(ValueError, match="not both"):
+        train_prior(views, tmp_path / "d", cfg, progress=False, init_generator=weights, init_from=tmp_path / "a")
+
+
 @pytest.mark.parametrize("code_optimizer", ["adam", "row-adam"])
 def test_video_layout_shares_each_video_code_and_resumes(views, tmp_path, code_optimizer):
     cfg = _config(2, code_layout="video+frame", code_optimizer=code_optimizer)
@@ -96,6 +114,8 @@ def test_bad_config_and_data(views, tmp_path):
         PriorConfig(code_layout="subject")
     with pytest.raises(ValueError, match="code_optimizer"):
         PriorConfig(code_optimizer="sgd")
+    with pytest.raises(ValueError, match="generator_warmup_steps"):
+        PriorConfig(generator_warmup_steps=-1)
     with pytest.raises(ValueError, match="views"):
         train_prior(views, tmp_path / "r", PriorConfig(views=5), progress=False)
 

@@ -53,6 +53,15 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
     again = _run("prior", "--multiview", str(mv), "--out", str(tmp_path / "run"), "--steps", "1", "--batch", "1")
     assert again.exit_code != 0 and "resume" in again.output        # never overwrites a finished run
+    warm = ["prior", "--multiview", str(mv), "--out", str(tmp_path / "warm"), "--steps", "1", "--batch", "1",
+            "--perceptual-weight", "0", "--no-density", "--init-generator",
+            str(tmp_path / "run" / "checkpoint.safetensors"), "--generator-warmup-steps", "1", "--code-layout", "video+frame", "--code-optimizer", "row-adam"]
+    result = _run(*warm, "--init-from", str(tmp_path / "run"))
+    assert result.exit_code != 0 and "not both" in result.output and "Traceback" not in result.output
+    result = _run(*warm)
+    assert result.exit_code == 0, result.output
+    prior_config = json.loads((tmp_path / "warm" / "config.json").read_text())["prior"]
+    assert prior_config["generator_warmup_steps"] == 1 and prior_config["code_layout"] == "video+frame"
 
     # the controller trainer, starting each video's inversion at the prior's codes of its frames
     args = ["controller", "--data", str(micro_dataset), "--prior", str(tmp_path / "run" / "checkpoint.safetensors"),
