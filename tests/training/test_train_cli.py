@@ -55,7 +55,8 @@ def test_micro_prior_run(micro_dataset, tmp_path):
     assert again.exit_code != 0 and "resume" in again.output        # never overwrites a finished run
     warm = ["prior", "--multiview", str(mv), "--out", str(tmp_path / "warm"), "--steps", "1", "--batch", "1",
             "--perceptual-weight", "0", "--no-density", "--init-generator",
-            str(tmp_path / "run" / "checkpoint.safetensors"), "--generator-warmup-steps", "1", "--code-layout", "video+frame", "--code-optimizer", "row-adam"]
+            str(tmp_path / "run" / "checkpoint.safetensors"), "--generator-warmup-steps", "1",
+            "--code-layout", "video+frame", "--code-optimizer", "row-adam"]
     result = _run(*warm, "--init-from", str(tmp_path / "run"))
     assert result.exit_code != 0 and "not both" in result.output and "Traceback" not in result.output
     result = _run(*warm)
