@@ -112,6 +112,14 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
                          "the generator alone), not both")
     if data.views < config.views:
         raise ValueError(f"config.views={config.views} but the data has only {data.views} views per frame")
+    start_generator = None
+    if init_generator is not None:                         # checked before the run folder is made
+        from otavatar.config import GeneratorConfig
+        from otavatar.weights import load_models
+
+        start_generator = load_models(init_generator).generator
+        if start_generator.config != getattr(GeneratorConfig, config.preset)():
+            raise ValueError(f"{init_generator}: its generator is not the {config.preset!r} preset this run trains")
     run = RunDir(out_dir, {"prior": config, "frames": len(data), "resolution": data.resolution}, resume=resume)
     device = resolve_device(device)
     torch.manual_seed(config.seed)
@@ -134,12 +142,7 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
 
         generator.load_state_dict(load_models(Path(init_from) / "checkpoint.safetensors").generator.state_dict())
         code_parts.load(load_file(str(Path(init_from) / "extra.safetensors")), str(init_from))
-    if init_generator is not None and not (resume and run.has_checkpoint()):
-        from otavatar.weights import load_models
-
-        start_generator = load_models(init_generator).generator
-        if start_generator.config != generator.config:
-            raise ValueError(f"{init_generator}: its generator is not the {config.preset!r} preset this run trains")
+    if start_generator is not None and not (resume and run.has_checkpoint()):
         generator.load_state_dict(start_generator.state_dict())
     if resume and run.has_checkpoint():
         models, extra, state = run.load({"generator": opt_g, "codes": opt_c})

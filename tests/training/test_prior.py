@@ -83,6 +83,9 @@ def test_generator_warm_start_and_frozen_first_steps(views, tmp_path):
                if not name.endswith("w_avg"))                        # after the warm-up the generator trains
     with pytest.raises(ValueError, match="not both"):
         train_prior(views, tmp_path / "d", cfg, progress=False, init_generator=weights, init_from=tmp_path / "a")
+    with pytest.raises(ValueError, match="not the 'official' preset"):   # refused before a run folder is made
+        train_prior(views, tmp_path / "e", replace(cfg, preset="official"), progress=False, init_generator=weights)
+    assert not (tmp_path / "e").exists()
 
 
 @pytest.mark.parametrize("code_optimizer", ["adam", "row-adam"])
