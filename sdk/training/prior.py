@@ -112,14 +112,21 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
                          "the generator alone), not both")
     if data.views < config.views:
         raise ValueError(f"config.views={config.views} but the data has only {data.views} views per frame")
-    start_generator = None
-    if init_generator is not None:                         # checked before the run folder is made
+    # a warm start (read and checked before the run folder is made): init_from, e.g. a change of losses part-way,
+    # gives the generator and codes; init_generator the generator alone
+    start_generator, start_codes = None, None
+    if init_from is not None or init_generator is not None:
+        from safetensors.torch import load_file
+
         from otavatar.config import GeneratorConfig
         from otavatar.weights import load_models
 
-        start_generator = load_models(init_generator).generator
+        source = init_generator if init_from is None else Path(init_from) / "checkpoint.safetensors"
+        start_generator = load_models(source).generator
         if start_generator.config != getattr(GeneratorConfig, config.preset)():
-            raise ValueError(f"{init_generator}: its generator is not the {config.preset!r} preset this run trains")
+            raise ValueError(f"{source}: its generator is not the {config.preset!r} preset this run trains")
+        if init_from is not None:
+            start_codes = load_file(str(Path(init_from) / "extra.safetensors"))
     run = RunDir(out_dir, {"prior": config, "frames": len(data), "resolution": data.resolution}, resume=resume)
     device = resolve_device(device)
     torch.manual_seed(config.seed)
@@ -134,21 +141,16 @@ def train_prior(data: MultiviewSet, out_dir: str | os.PathLike, config: PriorCon
     code_adam = RowAdam if config.code_optimizer == "row-adam" else torch.optim.Adam
     opt_c = code_adam(code_parts.parameters(), lr=config.lr_codes, betas=config.betas)
     start, seconds = 0, 0.0
-    if init_from is not None and not (resume and run.has_checkpoint()):
-        # warm start from another prior run (e.g. a change of losses part-way): its generator and codes
-        from safetensors.torch import load_file
-
-        from otavatar.weights import load_models
-
-        generator.load_state_dict(load_models(Path(init_from) / "checkpoint.safetensors").generator.state_dict())
-        code_parts.load(load_file(str(Path(init_from) / "extra.safetensors")), str(init_from))
-    if start_generator is not None and not (resume and run.has_checkpoint()):
-        generator.load_state_dict(start_generator.state_dict())
     if resume and run.has_checkpoint():
         models, extra, state = run.load({"generator": opt_g, "codes": opt_c})
         generator.load_state_dict(models.generator.state_dict())
         code_parts.load(extra, str(run.path))
         start, seconds = state["step"], state["seconds"]
+    else:
+        if start_generator is not None:
+            generator.load_state_dict(start_generator.state_dict())
+        if start_codes is not None:
+            code_parts.load(start_codes, str(init_from))
     rng, _ = step_streams(config.seed, start)             # frames and views drawn per step
     vgg = vgg19(vgg_weights).to(device)
     lowres = PerceptualLoss(vgg, layers=config.perceptual_layers, num_scales=2, style_weight=config.losses.style)
