@@ -30,7 +30,7 @@ RECIPE=${RECIPE:-"--fresh-controller --batch 8 --inversion-steps 3 --controller-
   --basis-init-scale 0.05"}
 DEVICE=${DEVICE:-cuda}
 SYNTH=(40 80 48)                # training subjects, held-out subjects, frames per video (docs/training.md)
-EVAL_ARGS="--steps 30 30 --videos-per-subject 2"
+EVAL_ARGS=${EVAL_ARGS:-"--steps 30 30 --videos-per-subject 2"}   # add --no-intrinsics: round 26
 if [ "${SMOKE:-0}" = 1 ]; then
   MINUTES=0.3 SEEDS=0,1 JOBS=2 EVAL_JOBS=2 WORK=out/device-ablation-smoke OUT=out/device-ablation-smoke/returned
   SYNTH=(3 3 4) EVAL_ARGS="--steps 1 1 --frames 2"

@@ -19,7 +19,6 @@ and prints the registration beside the detected and aligned AKD. The reports are
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def main() -> None:
         truth = {k: z[k] for k in z.files}
     pairs = source_pairs(truth, args.split, args.videos_per_subject, args.own)[:args.pairs]
     generator = load_models(args.weights).generator.eval()
-    inversion = dataclasses.replace(evaluation_inversion(*args.steps), optimize_intrinsics=not args.no_intrinsics)
+    inversion = evaluation_inversion(*args.steps, intrinsics=not args.no_intrinsics)
     invert_fn, _ = evaluation_inverter(generator, inversion)
     report = evaluate_reenactment(generator, None, truth_npz=str(truth_path), pairs=pairs, frames=args.frames,
                                   mode="static", inversion=inversion, invert_fn=invert_fn)

@@ -43,6 +43,15 @@ def test_two_stages_give_an_identity_code_and_a_correction(models, portrait):
     assert all(p.requires_grad for p in G.parameters())     # the networks' flags are restored
 
 
+def test_fixed_intrinsics_keep_the_portrait_camera(models, portrait):
+    import dataclasses
+
+    G, C = models
+    result = invert(G, C, portrait, coeffs=np.zeros(70), camera=CAMERA,
+                    config=dataclasses.replace(FAST, optimize_intrinsics=False))
+    assert result.intrinsics.abs().sum() == 0
+
+
 def test_clamp_keeps_the_code_near_w_avg(models, portrait):
     G, C = models
     result = invert(G, C, portrait, camera=CAMERA, config=InversionConfig(w_steps=3, wplus_steps=0, clamp=1e-3,

@@ -293,13 +293,15 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
 @click.option("--steps", nargs=2, type=click.IntRange(min=0), default=(100, 100), show_default=True,
               help="Inversion steps: W then W+.")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Inversion learning rate.")
+@click.option("--no-intrinsics", is_flag=True,
+              help="Invert with the portrait's camera as given (no intrinsics correction; SynthHeads' are exact).")
 @click.option("--identity-encoder", default="synthheads", show_default=True,
               help="The inversion's identity term: 'synthheads', an ArcFace ResNet-18 file, or 'none'.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @_device_option
 def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, videos_per_subject: int,
-             steps: tuple[int, int], lr: float, identity_encoder: str, json_out: str | None,
+             steps: tuple[int, int], lr: float, no_intrinsics: bool, identity_encoder: str, json_out: str | None,
              threads: int | None, device: str) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
     import numpy as np
@@ -314,7 +316,7 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     models = load_models(weights, device=where)
     if models.generator is None or (mode == "controller" and models.controller is None):
         raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
-    config = evaluation_inversion(steps[0], steps[1], lr)
+    config = evaluation_inversion(steps[0], steps[1], lr, intrinsics=not no_intrinsics)
     invert_fn, _ = evaluation_inverter(models.generator, config,
                                        None if identity_encoder == "none" else identity_encoder)
     truth = Path(data_dir) / "truth.npz"

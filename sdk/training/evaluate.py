@@ -174,13 +174,14 @@ def pair_truth(truth: Mapping[str, NDArray], source: int, driver: int, frames: i
     return motion, render(who, motion, resolution=resolution)
 
 
-def evaluation_inversion(w_steps: int, wplus_steps: int, lr: float = 0.01):
-    """The InversionConfig `train evaluate --steps W W+ --lr LR` inverts each portrait with (SR in the W stage's
-    last tenth, 1 to 10 steps)."""
+def evaluation_inversion(w_steps: int, wplus_steps: int, lr: float = 0.01, intrinsics: bool = True):
+    """The InversionConfig `train evaluate --steps W W+ --lr LR [--no-intrinsics]` inverts each portrait with (SR
+    in the W stage's last tenth, 1 to 10 steps). intrinsics=False keeps the portrait's camera as given: SynthHeads'
+    cameras are exact, and the published correction (spec 4.2) exists for a tracker's focal error."""
     from otavatar.inversion import InversionConfig
 
     return InversionConfig(w_steps=max(1, w_steps), wplus_steps=wplus_steps, lr=lr,
-                           sr_steps=min(10, max(1, w_steps // 10)))
+                           sr_steps=min(10, max(1, w_steps // 10)), optimize_intrinsics=intrinsics)
 
 
 def evaluation_inverter(generator, config, identity_encoder: str | None = "synthheads"):
