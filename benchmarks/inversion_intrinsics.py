@@ -51,14 +51,15 @@ def main() -> None:
     controller = models.controller.eval() if models.controller is not None else None
     config = evaluation_inversion(*args.steps)
     invert, _ = evaluation_inverter(generator, config)
-    modes = [("controller", controller)] if controller is not None else []
+    modes = ([("controller", controller)] if controller is not None else []) + [("static", None)]
     rows = []
-    print("| portrait | inverted with | fx | fy | cx px | cy px | final loss |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("| portrait | inverted with | fx | fy | cx px | cy px | final loss |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     with LmdbDataset(args.data) as ds:
         for video in args.videos.split(","):
             image = np.array(ds.frame(video, 0))
             camera = ds.cameras(video)[0]
-            for mode, ctrl in modes + [("static", None)]:
+            for mode, ctrl in modes:
                 torch.manual_seed(0)
                 result = invert(generator, ctrl, image, coeffs=ds.controller_input(video)[0], camera=camera,
                                 landmarks=ds.keypoints(video, resolution=image.shape[0])[0], config=config)

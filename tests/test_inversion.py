@@ -1,6 +1,8 @@
 """One-shot inversion: stages, clamp, intrinsics correction, callback, early stop, validation, driving."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -44,11 +46,8 @@ def test_two_stages_give_an_identity_code_and_a_correction(models, portrait):
 
 
 def test_fixed_intrinsics_keep_the_portrait_camera(models, portrait):
-    import dataclasses
-
     G, C = models
-    result = invert(G, C, portrait, coeffs=np.zeros(70), camera=CAMERA,
-                    config=dataclasses.replace(FAST, optimize_intrinsics=False))
+    result = invert(G, C, portrait, coeffs=np.zeros(70), camera=CAMERA, config=replace(FAST, optimize_intrinsics=False))
     assert result.intrinsics.abs().sum() == 0
 
 

@@ -94,8 +94,9 @@ def test_micro_prior_run(micro_dataset, tmp_path):
                   "--steps", "1", "1", "--frames", "2", "--identity-encoder", "none", "--device", "cpu",
                   "--json-out", str(report))
     assert result.exit_code == 0, result.output
-    assert json.loads(report.read_text())["mean"]["akd"] > 0 and "AKD" in result.output
-    assert json.loads(report.read_text())["inversion"]["optimize_intrinsics"] is True
+    written = json.loads(report.read_text())
+    assert written["mean"]["akd"] > 0 and "AKD" in result.output
+    assert written["inversion"]["optimize_intrinsics"] is True
     result = _run("evaluate", "--weights", str(tmp_path / "ctrl" / "ema.safetensors"), "--data", str(micro_dataset),
                   "--steps", "1", "0", "--frames", "1", "--pairs", "1", "--identity-encoder", "none", "--device", "cpu",
                   "--no-intrinsics", "--json-out", str(report))
