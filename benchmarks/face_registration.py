@@ -31,8 +31,7 @@ def source_pairs(truth: dict, split: str, videos_per_subject: int, own: bool) ->
     itself."""
     from otavatar.training.evaluate import default_pairs
 
-    relabelled = dict(truth, split=np.where(truth["split"] == split, "test", "other"))
-    pairs = default_pairs(relabelled, videos_per_subject)
+    pairs = default_pairs(truth, videos_per_subject, split=split)
     return [(s, s) for s, _ in pairs] if own else pairs
 
 

@@ -1,6 +1,7 @@
 """OTAvatar's motion controller: a 27-frame window of 3DMM coefficients -> a W+ offset (spec section 2)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -162,6 +163,17 @@ class MotionController(nn.Module):
         """
         head = self.forward_details(windows).head.mean(0)                       # [(num_ws+1)*K]
         self._out.bias.sub_(head)
+        return self
+
+    @torch.no_grad()
+    def scale_motion_(self, factor: float) -> "MotionController":
+        """Multiply every motion by `factor` (in place): alpha, and so the motion, is linear in the head's weight
+        and bias. A diagnostic of a trained controller's size (`train evaluate --motion-scale`), not a training
+        step."""
+        if not math.isfinite(factor):
+            raise ValueError(f"factor must be finite, got {factor!r}")
+        self._out.weight.mul_(factor)
+        self._out.bias.mul_(factor)
         return self
 
     def load_official_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ processes (NCCL when they run on GPUs, one GPU each; gloo on CPUs); every other 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -284,12 +285,17 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Generator + controller weights (e.g. a run's ema.safetensors).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The SynthHeads dataset (its test split is used).")
+              help="The SynthHeads dataset (its test split is used, or --split's).")
 @click.option("--mode", type=click.Choice(["controller", "static"]), default="controller", show_default=True)
 @click.option("--frames", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--pairs", type=click.IntRange(min=1), default=None, help="At most this many (source, driver) pairs.")
 @click.option("--videos-per-subject", type=click.IntRange(min=1), default=1, show_default=True,
               help="Source videos per held-out subject (each driven by the next subject's video of the same rank).")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True,
+              help="Whose identities: the held-out (test) subjects, or those training saw (train: what it memorised).")
+@click.option("--subjects", type=click.IntRange(min=1), default=None, help="Only the split's first N subjects.")
+@click.option("--motion-scale", type=float, default=1.0, show_default=True,
+              help="Multiply the controller's motion by this (a diagnostic of its size; controller mode).")
 @click.option("--steps", nargs=2, type=click.IntRange(min=0), default=(100, 100), show_default=True,
               help="Inversion steps: W then W+.")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Inversion learning rate.")
@@ -301,8 +307,9 @@ def controller(data_dir: str, prior_file: str, out_dir: str, schedule: str, iter
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @_device_option
 def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | None, videos_per_subject: int,
-             steps: tuple[int, int], lr: float, no_intrinsics: bool, identity_encoder: str, json_out: str | None,
-             threads: int | None, device: str) -> None:
+             split: str, subjects: int | None, motion_scale: float, steps: tuple[int, int], lr: float,
+             no_intrinsics: bool, identity_encoder: str, json_out: str | None, threads: int | None,
+             device: str) -> None:
     """One-shot cross-identity reenactment on held-out SynthHeads identities (PSNR, SSIM, AKD, AED)."""
     import numpy as np
 
@@ -316,11 +323,18 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
     models = load_models(weights, device=where)
     if models.generator is None or (mode == "controller" and models.controller is None):
         raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
+    if motion_scale != 1.0:
+        if mode != "controller":
+            raise click.BadParameter("scales a controller's motion: use it with --mode controller",
+                                     param_hint="--motion-scale")
+        if not math.isfinite(motion_scale):
+            raise click.BadParameter(f"must be finite, got {motion_scale}", param_hint="--motion-scale")
+        models.controller.scale_motion_(motion_scale)
     config = evaluation_inversion(steps[0], steps[1], lr, intrinsics=not no_intrinsics)
     invert_fn, _ = evaluation_inverter(models.generator, config,
                                        None if identity_encoder == "none" else identity_encoder)
     truth = Path(data_dir) / "truth.npz"
-    chosen = default_pairs(np.load(truth, allow_pickle=False), videos_per_subject)
+    chosen = default_pairs(np.load(truth, allow_pickle=False), videos_per_subject, split=split, subjects=subjects)
     chosen = chosen if pairs is None else chosen[:pairs]
     report = evaluate_reenactment(models.generator, models.controller if mode == "controller" else None,
                                   truth_npz=str(truth), pairs=chosen, frames=frames, mode=mode,

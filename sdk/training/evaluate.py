@@ -140,20 +140,28 @@ def json_safe(v: Any) -> Any:
     return v
 
 
-def default_pairs(truth: Any, videos_per_subject: int = 1) -> list[tuple[str, str]]:
-    """Each TEST subject's first `videos_per_subject` videos as sources, video k driven by the NEXT test subject's
-    video k (cyclically; that subject's last video when it has fewer; a lone test subject drives itself). The
-    default of 1 is the protocol of the tables in docs/training-rounds.md; 2 on SynthHeads doubles the pairs."""
+def default_pairs(truth: Any, videos_per_subject: int = 1, *, split: str = "test",
+                  subjects: int | None = None) -> list[tuple[str, str]]:
+    """Each `split` subject's first `videos_per_subject` videos as sources, video k driven by the NEXT such
+    subject's video k (cyclically; that subject's last video when it has fewer; a lone subject drives itself). The
+    default of 1 is the protocol of the tables in docs/training-rounds.md; 2 on SynthHeads doubles the pairs.
+    split "train" scores cross-identity reenactment among the identities training saw (what a model memorised,
+    docs/training-rounds.md round 27); subjects: only the split's first N subjects (by subject index)."""
     if isinstance(videos_per_subject, bool) or not isinstance(videos_per_subject, (int, np.integer)) \
             or videos_per_subject < 1:
         raise ValueError(f"videos_per_subject must be an int >= 1, got {videos_per_subject!r}")
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    if subjects is not None and (isinstance(subjects, bool) or not isinstance(subjects, (int, np.integer))
+                                 or subjects < 1):
+        raise ValueError(f"subjects must be an int >= 1 or None, got {subjects!r}")
     by_subject: dict[int, list[str]] = {}
-    for name, subj, split in zip(truth["videos"], truth["subject"], truth["split"]):
-        if str(split) == "test":
+    for name, subj, where in zip(truth["videos"], truth["subject"], truth["split"]):
+        if str(where) == split:
             by_subject.setdefault(int(subj), []).append(str(name))
-    order = [by_subject[s] for s in sorted(by_subject)]
+    order = [by_subject[s] for s in sorted(by_subject)][:subjects]
     if not order:
-        raise ValueError("truth.npz has no test videos")
+        raise ValueError(f"truth.npz has no {split} videos")
     pairs = []
     for k in range(videos_per_subject):
         for i, videos in enumerate(order):

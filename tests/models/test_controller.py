@@ -18,6 +18,16 @@ def official_layout(controller: MotionController) -> dict[str, torch.Tensor]:
     return state
 
 
+def trained_looking_controller() -> MotionController:
+    """A tiny controller with N(0, 0.1^2) parameters: a large constant part, unlike a fresh one's zero motion."""
+    torch.manual_seed(0)
+    controller = MotionController.tiny()
+    with torch.no_grad():
+        for p in controller.parameters():
+            p.normal_(std=0.1)
+    return controller
+
+
 def test_parameter_count_is_the_published_one():
     assert sum(p.numel() for p in MotionController.official().parameters()) == 869_420
 
@@ -73,11 +83,7 @@ def test_config_rejects_short_window():
 
 
 def test_pin_neutral_zeroes_the_neutral_motion_and_keeps_every_difference():
-    torch.manual_seed(0)
-    controller = MotionController.tiny()
-    with torch.no_grad():
-        for p in controller.parameters():
-            p.normal_(std=0.1)                       # a trained-looking controller with a large constant part
+    controller = trained_looking_controller()
     x = torch.randn(3, 70, 27)
     neutral = controller.neutral_window()
     assert neutral.shape == (1, 70, 27) and not neutral.any()
@@ -89,11 +95,7 @@ def test_pin_neutral_zeroes_the_neutral_motion_and_keeps_every_difference():
 
 
 def test_pin_mean_zeroes_the_mean_motion_over_its_windows_and_keeps_every_difference():
-    torch.manual_seed(0)
-    controller = MotionController.tiny()
-    with torch.no_grad():
-        for p in controller.parameters():
-            p.normal_(std=0.1)
+    controller = trained_looking_controller()
     reference, x = torch.randn(16, 70, 27), torch.randn(3, 70, 27)
     before = controller(x) - controller(reference).mean(0)
     assert controller(reference).mean(0).abs().max() > 0.1
@@ -101,6 +103,16 @@ def test_pin_mean_zeroes_the_mean_motion_over_its_windows_and_keeps_every_differ
     torch.testing.assert_close(controller(reference).mean(0), torch.zeros(controller.config.num_ws,
                                                                           controller.config.w_dim), atol=1e-5, rtol=0)
     torch.testing.assert_close(controller(x), before, atol=1e-5, rtol=0)
+
+
+def test_scale_motion_multiplies_every_motion():
+    controller = trained_looking_controller()
+    x = torch.randn(3, 70, 27)
+    before = controller(x)
+    assert controller.scale_motion_(0.5) is controller
+    torch.testing.assert_close(controller(x), 0.5 * before, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="finite"):
+        controller.scale_motion_(float("nan"))
 
 
 def test_use_pose_false_ignores_the_pose_inputs_and_keeps_the_state_dict():

@@ -80,6 +80,13 @@ def test_default_pairs_cycle_through_test_subjects(micro):
     assert default_pairs(fake, 2) == [("a#0", "c#0"), ("c#0", "a#0"), ("a#1", "c#0")]
     with pytest.raises(ValueError, match="videos_per_subject"):
         default_pairs(fake, 0)
+    # the identities training saw, or the first N subjects of a split
+    assert default_pairs(fake, split="train") == [("b#0", "b#0")]
+    assert default_pairs(fake, 2, subjects=1) == [("a#0", "a#0"), ("a#1", "a#1")]
+    with pytest.raises(ValueError, match="split must be"):
+        default_pairs(fake, split="val")
+    with pytest.raises(ValueError, match="subjects must be"):
+        default_pairs(fake, subjects=0)
 
 
 def test_perfect_renderer_hits_the_probe_floor(micro, generator, probe):

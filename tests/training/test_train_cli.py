@@ -102,6 +102,16 @@ def test_micro_prior_run(micro_dataset, tmp_path):
                   "--no-intrinsics", "--json-out", str(report))
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["inversion"]["optimize_intrinsics"] is False
+    # among the identities training saw (the micro set's train subjects are 0 and 1), the motion halved
+    result = _run("evaluate", "--weights", str(tmp_path / "ctrl" / "ema.safetensors"), "--data", str(micro_dataset),
+                  "--steps", "1", "0", "--frames", "1", "--split", "train", "--subjects", "1",
+                  "--motion-scale", "0.5", "--identity-encoder", "none", "--device", "cpu", "--json-out", str(report))
+    assert result.exit_code == 0, result.output
+    assert [(p["source"], p["driver"]) for p in json.loads(report.read_text())["pairs"]] == \
+        [("synth0000#00", "synth0000#00")]
+    result = _run("evaluate", "--weights", str(tmp_path / "ctrl" / "ema.safetensors"), "--data", str(micro_dataset),
+                  "--mode", "static", "--motion-scale", "0.5")
+    assert result.exit_code != 0 and "use it with --mode controller" in result.output
 
 
 def test_package_writes_a_default_model_with_provenance(tmp_path):
