@@ -340,8 +340,12 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
                                   truth_npz=str(truth), pairs=chosen, frames=frames, mode=mode,
                                   inversion=config, render_fn=inversion.render_motion, invert_fn=invert_fn)
     click.echo(report.table())
+    written = report.to_dict()
+    if motion_scale != 1.0:      # a scaled controller's report says so; `train compare` pairs it like any other
+        click.echo(f"(the controller's motion x{motion_scale:g})")
+        written["motion_scale"] = motion_scale
     if json_out:
-        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
+        Path(json_out).write_text(json.dumps(written, indent=2))
 
 
 @train.command("compare")

@@ -107,8 +107,9 @@ def test_micro_prior_run(micro_dataset, tmp_path):
                   "--steps", "1", "0", "--frames", "1", "--split", "train", "--subjects", "1",
                   "--motion-scale", "0.5", "--identity-encoder", "none", "--device", "cpu", "--json-out", str(report))
     assert result.exit_code == 0, result.output
-    assert [(p["source"], p["driver"]) for p in json.loads(report.read_text())["pairs"]] == \
-        [("synth0000#00", "synth0000#00")]
+    scaled = json.loads(report.read_text())
+    assert [(p["source"], p["driver"]) for p in scaled["pairs"]] == [("synth0000#00", "synth0000#00")]
+    assert scaled["motion_scale"] == 0.5 and "motion x0.5" in result.output
     result = _run("evaluate", "--weights", str(tmp_path / "ctrl" / "ema.safetensors"), "--data", str(micro_dataset),
                   "--mode", "static", "--motion-scale", "0.5")
     assert result.exit_code != 0 and "use it with --mode controller" in result.output
