@@ -7,7 +7,6 @@ processes (NCCL when they run on GPUs, one GPU each; gloo on CPUs); every other 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -318,18 +317,19 @@ def evaluate(weights: str, data_dir: str, mode: str, frames: int, pairs: int | N
                                             evaluation_inverter)
     from otavatar.weights import load_models
 
+    if motion_scale != 1.0 and mode != "controller":
+        raise click.BadParameter("scales a controller's motion: use it with --mode controller",
+                                 param_hint="--motion-scale")
     _threads(threads)
     where = _device(device)
     models = load_models(weights, device=where)
     if models.generator is None or (mode == "controller" and models.controller is None):
         raise click.ClickException(f"{weights}: needs a generator{' and a controller' if mode == 'controller' else ''}")
     if motion_scale != 1.0:
-        if mode != "controller":
-            raise click.BadParameter("scales a controller's motion: use it with --mode controller",
-                                     param_hint="--motion-scale")
-        if not math.isfinite(motion_scale):
-            raise click.BadParameter(f"must be finite, got {motion_scale}", param_hint="--motion-scale")
-        models.controller.scale_motion_(motion_scale)
+        try:
+            models.controller.scale_motion_(motion_scale)
+        except ValueError as e:                    # not finite
+            raise click.BadParameter(str(e), param_hint="--motion-scale") from e
     config = evaluation_inversion(steps[0], steps[1], lr, intrinsics=not no_intrinsics)
     invert_fn, _ = evaluation_inverter(models.generator, config,
                                        None if identity_encoder == "none" else identity_encoder)
